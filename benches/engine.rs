@@ -1,0 +1,155 @@
+//! Engine benchmark on the generated org-10k and org-1m datasets.
+//!
+//! `cargo bench --bench engine` (both shapes) or
+//! `cargo bench --bench engine -- org-10k` (one). Prints, per shape: index
+//! build time, index memory (bytes held by the engine, measured with a
+//! counting allocator), single-thread Check latency percentiles, and the time
+//! to apply one incremental binding or membership write.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use portcullis::engine::dataset::{Dataset, Rng, Shape};
+use portcullis::engine::{Engine, RequestContext, Timestamp};
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn fmt(d: Duration) -> String {
+    let ns = d.as_nanos();
+    if ns < 10_000 {
+        format!("{ns} ns")
+    } else if ns < 10_000_000 {
+        format!("{:.1} µs", ns as f64 / 1e3)
+    } else {
+        format!("{:.1} ms", ns as f64 / 1e6)
+    }
+}
+
+fn run(name: &str, shape: Shape, queries: usize) {
+    println!(
+        "== {name}: {} users, {} groups, {} roles, {} bindings",
+        shape.users, shape.groups, shape.roles, shape.bindings
+    );
+    let ds = Dataset::generate(shape, 42);
+    let before = LIVE.load(Ordering::Relaxed);
+    let engine = Engine::new();
+    let t0 = Instant::now();
+    engine.apply(1, &ds.changes);
+    let build = t0.elapsed();
+    let mem = LIVE.load(Ordering::Relaxed) - before;
+    println!(
+        "build index:          {:>10}  ({} changes)",
+        fmt(build),
+        ds.changes.len()
+    );
+    println!("index memory:         {:>7.1} MB", mem as f64 / 1e6);
+
+    let now = Timestamp::now();
+    let ctx = RequestContext::empty();
+    let mut rng = Rng::new(7);
+    let qs: Vec<_> = (0..queries).map(|_| ds.query(&mut rng)).collect();
+    let view = engine
+        .view(ds.tenant.as_str(), ds.vault.as_str())
+        .expect("vault exists");
+    // Warm up caches and branch predictors.
+    for q in qs.iter().take(20_000) {
+        std::hint::black_box(view.check(&q.subject, &q.action, &q.resource, &ctx, now, false));
+    }
+    let mut lat = Vec::with_capacity(qs.len());
+    let mut allowed = 0usize;
+    let t_all = Instant::now();
+    for q in &qs {
+        let t = Instant::now();
+        let r = engine.check(
+            ds.tenant.as_str(),
+            ds.vault.as_str(),
+            &portcullis::engine::CheckItem {
+                subject: &q.subject,
+                action: &q.action,
+                resource: &q.resource,
+                context: &ctx,
+            },
+            now,
+            false,
+        );
+        lat.push(t.elapsed());
+        if std::hint::black_box(r).map(|r| r.allowed).unwrap_or(false) {
+            allowed += 1;
+        }
+    }
+    let total = t_all.elapsed();
+    lat.sort_unstable();
+    println!(
+        "check (1 thread):     p50 {:>8}  p90 {:>8}  p99 {:>8}  p99.9 {:>8}  max {:>8}  ({:.0} checks/s, {:.0}% allowed, {} queries)",
+        fmt(pct(&lat, 0.5)),
+        fmt(pct(&lat, 0.9)),
+        fmt(pct(&lat, 0.99)),
+        fmt(pct(&lat, 0.999)),
+        fmt(*lat.last().unwrap()),
+        qs.len() as f64 / total.as_secs_f64(),
+        allowed as f64 * 100.0 / qs.len() as f64,
+        qs.len()
+    );
+
+    let mut rev = 2;
+    for (label, binding) in [("binding write", true), ("membership write", false)] {
+        let mut w = Vec::with_capacity(1000);
+        for n in 0..1000 {
+            let c = if binding {
+                ds.extra_binding(&mut rng, n)
+            } else {
+                ds.extra_membership(&mut rng)
+            };
+            let t = Instant::now();
+            engine.apply(rev, std::slice::from_ref(&c));
+            w.push(t.elapsed());
+            rev += 1;
+        }
+        w.sort_unstable();
+        println!(
+            "{:<21} p50 {:>8}  p99 {:>8}  max {:>8}  (1,000 single-change batches)",
+            format!("{label}:"),
+            fmt(pct(&w, 0.5)),
+            fmt(pct(&w, 0.99)),
+            fmt(*w.last().unwrap())
+        );
+    }
+    println!();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let want = |n: &str| args.is_empty() || args.iter().any(|a| n.contains(a.as_str()));
+    if want("org-10k") {
+        run("org-10k", Shape::ORG_10K, 500_000);
+    }
+    if want("org-1m") {
+        run("org-1m", Shape::ORG_1M, 500_000);
+    }
+}

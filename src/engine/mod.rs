@@ -1,0 +1,381 @@
+//! The authorization engine: the domain model and the in-memory index that
+//! answers "may this subject do this action on this resource in this vault?".
+//!
+//! Plain Rust over the model: no gRPC, Kubernetes or storage types, so it is
+//! tested and benchmarked alone and adapted at the edges.
+//!
+//! # Decision semantics
+//! For `Check(tenant, vault, subject, action, resource, context, now)`:
+//! 1. An unknown tenant or vault is `NotFound`, never a decision.
+//! 2. The tenant or any ancestor suspended: denied, `TENANT_SUSPENDED`.
+//! 3. Principals: the subject and every group it belongs to, transitively,
+//!    through the memberships visible in the vault (the vault's own, its
+//!    tenant's and its ancestors').
+//! 4. A binding applies when its subject is a principal, `now` is within
+//!    `[not_before, expires_at)`, a scope pattern matches the resource, and
+//!    its condition holds.
+//! 5. A statement of an applying binding applies when an action pattern
+//!    matches the action, a resource pattern matches the resource and its
+//!    condition holds.
+//! 6. Any applying DENY: denied (`EXPLICIT_DENY`); else any applying ALLOW:
+//!    allowed; else denied (`NO_MATCH`).
+//! 7. Conditions fail closed: an evaluation error counts as false for ALLOW
+//!    and as true for DENY; a binding whose condition errors contributes its
+//!    DENY statements only.
+//!
+//! Role names resolve lexically, from where the binding or role is defined
+//! upwards (see `catalog`).
+//!
+//! # Concurrency
+//! One writer applies batches of changes at a revision ([`Engine::apply`]);
+//! any number of readers check against immutable per-vault views loaded
+//! without locks. A batch becomes visible to readers vault by vault, each
+//! vault atomically; the engine's revision moves once every view of the
+//! batch is published, so a reader that saw revision `r` sees at least
+//! everything up to `r`.
+
+pub mod condition;
+pub mod dataset;
+pub mod ids;
+pub mod model;
+pub mod pattern;
+pub mod validate;
+
+mod catalog;
+mod compiled;
+mod view;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use hashbrown::HashTable;
+
+pub use catalog::VaultHandle;
+pub use condition::{Condition, ConditionError, RequestContext};
+pub use ids::{FieldViolation, RoleName, Subject, TenantId, VaultName, Violations};
+pub use model::*;
+pub use view::{
+    CheckResult, EffectiveStatement, EntryOutcome, ExplainEntry, Explanation, Possibility, Reason, ResourceFilter,
+    ResourceRule, VaultView,
+};
+
+use catalog::Catalog;
+use compiled::hash_str;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("tenant {0:?} not found")]
+    TenantNotFound(String),
+    #[error("vault {vault:?} not found in tenant {tenant:?}")]
+    VaultNotFound { tenant: String, vault: String },
+    #[error("{0}")]
+    Invalid(Violations),
+}
+
+/// One item of a check: who, what, on what, with which attributes.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckItem<'a> {
+    pub subject: &'a str,
+    pub action: &'a str,
+    pub resource: &'a str,
+    pub context: &'a RequestContext,
+}
+
+/// Where a page starts and how long it may be.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest<'a> {
+    /// The cursor of the previous page, `None` for the first.
+    pub after: Option<&'a str>,
+    pub limit: usize,
+}
+
+/// One page of lookup subjects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectPage {
+    /// Sorted by subject; `Conditional` ones depend on conditions.
+    pub subjects: Vec<(String, Possibility)>,
+    /// Pass back to continue after the last subject; `None` at the end.
+    pub next_cursor: Option<String>,
+}
+
+struct VaultTable {
+    table: HashTable<(TenantId, VaultName, Arc<VaultHandle>)>,
+    tenants: BTreeSet<TenantId>,
+}
+
+fn vault_hash(tenant: &str, vault: &str) -> u64 {
+    hash_str(tenant) ^ hash_str(vault).rotate_left(17)
+}
+
+/// The engine: a writer-side catalog behind a mutex and lock-free views.
+pub struct Engine {
+    writer: Mutex<Catalog>,
+    vaults: ArcSwap<VaultTable>,
+    revision: AtomicU64,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new()
+    }
+}
+
+impl Engine {
+    pub fn new() -> Engine {
+        Engine {
+            writer: Mutex::new(Catalog::default()),
+            vaults: ArcSwap::from_pointee(VaultTable {
+                table: HashTable::new(),
+                tenants: BTreeSet::new(),
+            }),
+            revision: AtomicU64::new(0),
+        }
+    }
+
+    /// The revision of the last batch fully applied.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
+        // A panic while applying would leave a half-applied batch; the
+        // catalog stays usable, and the service reloads from the store when
+        // it detects divergence, so poisoning is not propagated.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a batch of committed changes at `revision`. Objects are
+    /// expected to be valid; anything that no longer compiles (a condition
+    /// written by another version, say) is kept in a fail-closed form.
+    pub fn apply(&self, revision: u64, changes: &[Change]) {
+        let mut cat = self.catalog();
+        let published = cat.apply(changes);
+        let tenants_changed = changes
+            .iter()
+            .any(|c| matches!(c, Change::PutTenant(_) | Change::DeleteTenant { .. }));
+        if published.vaults_changed || tenants_changed {
+            let mut table = HashTable::with_capacity(cat.vaults.len());
+            for (k, node) in cat.vaults.iter() {
+                table.insert_unique(
+                    vault_hash(k.tenant.as_str(), k.vault.as_str()),
+                    (k.tenant.clone(), k.vault.clone(), node.handle.clone()),
+                    |(t, v, _)| vault_hash(t.as_str(), v.as_str()),
+                );
+            }
+            let tenants = cat
+                .tenants
+                .iter()
+                .filter(|(_, n)| n.tenant.is_some())
+                .map(|(k, _)| k.clone())
+                .collect();
+            self.vaults.store(Arc::new(VaultTable { table, tenants }));
+        }
+        self.revision.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// Runs `f` with the writer's catalog, for write-time checks that need
+    /// other objects.
+    pub fn inherits_cycle(&self, role: &Role) -> Option<Vec<RoleKey>> {
+        self.catalog().inherits_cycle(role)
+    }
+
+    /// The current view of a vault, for several queries at one revision.
+    pub fn view(&self, tenant: &str, vault: &str) -> Result<Arc<VaultView>, EngineError> {
+        let table = self.vaults.load();
+        let found = table.table.find(vault_hash(tenant, vault), |(t, v, _)| {
+            t.as_str() == tenant && v.as_str() == vault
+        });
+        match found {
+            Some((_, _, handle)) => {
+                let view = handle.load();
+                if view.tenant_exists {
+                    Ok(view)
+                } else {
+                    Err(EngineError::TenantNotFound(tenant.to_string()))
+                }
+            }
+            None => {
+                let mut v = Violations::new();
+                v.check("tenant", ids::check_tenant_id(tenant));
+                v.check("vault", ids::check_dns_label(vault));
+                if !v.is_empty() {
+                    return Err(EngineError::Invalid(v));
+                }
+                if table.tenants.iter().any(|t| t.as_str() == tenant) {
+                    Err(EngineError::VaultNotFound {
+                        tenant: tenant.to_string(),
+                        vault: vault.to_string(),
+                    })
+                } else {
+                    Err(EngineError::TenantNotFound(tenant.to_string()))
+                }
+            }
+        }
+    }
+
+    /// Validates the request fields of one check item.
+    pub fn validate_item(item: &CheckItem<'_>) -> Result<(), Violations> {
+        let mut v = Violations::new();
+        v.check("subject", ids::check_subject(item.subject));
+        v.check("action", ids::check_action(item.action));
+        v.check("resource", ids::check_resource(item.resource));
+        v.into_result()
+    }
+
+    pub fn check(
+        &self,
+        tenant: &str,
+        vault: &str,
+        item: &CheckItem<'_>,
+        now: Timestamp,
+        explain: bool,
+    ) -> Result<CheckResult, EngineError> {
+        Self::validate_item(item).map_err(EngineError::Invalid)?;
+        // The hot path borrows the published view (no reference count
+        // traffic shared between threads); errors take the slow path.
+        let table = self.vaults.load();
+        if let Some((_, _, handle)) = table.table.find(vault_hash(tenant, vault), |(t, v, _)| {
+            t.as_str() == tenant && v.as_str() == vault
+        }) {
+            let view = handle.view.load();
+            if view.tenant_exists {
+                return Ok(view.check(item.subject, item.action, item.resource, item.context, now, explain));
+            }
+        }
+        let view = self.view(tenant, vault)?;
+        Ok(view.check(item.subject, item.action, item.resource, item.context, now, explain))
+    }
+
+    /// Checks many items against one snapshot of the vault; each item is
+    /// answered or rejected on its own.
+    pub fn check_bulk(
+        &self,
+        tenant: &str,
+        vault: &str,
+        items: &[CheckItem<'_>],
+        now: Timestamp,
+        explain: bool,
+    ) -> Result<Vec<Result<CheckResult, Violations>>, EngineError> {
+        let view = self.view(tenant, vault)?;
+        Ok(check_bulk_in(&view, items, now, explain))
+    }
+
+    pub fn lookup_resources(
+        &self,
+        tenant: &str,
+        vault: &str,
+        subject: &str,
+        action: &str,
+        now: Timestamp,
+    ) -> Result<ResourceFilter, EngineError> {
+        let mut v = Violations::new();
+        v.check("subject", ids::check_subject(subject));
+        v.check("action", ids::check_action(action));
+        v.into_result().map_err(EngineError::Invalid)?;
+        Ok(self.view(tenant, vault)?.resource_filter(subject, action, now))
+    }
+
+    pub fn lookup_subjects(
+        &self,
+        tenant: &str,
+        vault: &str,
+        action: &str,
+        resource: &str,
+        now: Timestamp,
+        page: PageRequest<'_>,
+    ) -> Result<SubjectPage, EngineError> {
+        let mut v = Violations::new();
+        v.check("action", ids::check_action(action));
+        v.check("resource", ids::check_resource(resource));
+        v.into_result().map_err(EngineError::Invalid)?;
+        let view = self.view(tenant, vault)?;
+        Ok(lookup_subjects_in(&view, action, resource, now, page))
+    }
+
+    pub fn effective_permissions(
+        &self,
+        tenant: &str,
+        vault: &str,
+        subject: &str,
+        now: Timestamp,
+    ) -> Result<Vec<EffectiveStatement>, EngineError> {
+        let mut v = Violations::new();
+        v.check("subject", ids::check_subject(subject));
+        v.into_result().map_err(EngineError::Invalid)?;
+        Ok(self.view(tenant, vault)?.effective(subject, now))
+    }
+}
+
+pub fn check_bulk_in(
+    view: &VaultView,
+    items: &[CheckItem<'_>],
+    now: Timestamp,
+    explain: bool,
+) -> Vec<Result<CheckResult, Violations>> {
+    items
+        .iter()
+        .map(|item| {
+            Engine::validate_item(item)?;
+            Ok(view.check(item.subject, item.action, item.resource, item.context, now, explain))
+        })
+        .collect()
+}
+
+/// Lookup subjects over one view: every subject for which a check of
+/// (`action`, `resource`) is allowed or depends on conditions, groups expanded
+/// to their members transitively, in subject order from after `after`.
+pub fn lookup_subjects_in(
+    view: &VaultView,
+    action: &str,
+    resource: &str,
+    now: Timestamp,
+    page: PageRequest<'_>,
+) -> SubjectPage {
+    let (after, limit) = (page.after, page.limit.max(1));
+    if view.suspended_by().is_some() {
+        return SubjectPage {
+            subjects: Vec::new(),
+            next_cursor: None,
+        };
+    }
+    let starts = view.granting_subjects(action, resource, now);
+    let members = view.members_index();
+    let mut candidates: BTreeSet<&str> = BTreeSet::new();
+    let mut stack: Vec<&str> = starts.iter().map(|s| s.as_str()).collect();
+    while let Some(s) = stack.pop() {
+        if candidates.insert(s)
+            && let Some(ms) = members.get(s)
+        {
+            stack.extend(ms.iter().map(|m| m.as_str()));
+        }
+    }
+    let mut subjects = Vec::new();
+    let range = match after {
+        Some(a) => candidates.range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+        None => candidates.range::<str, _>(..),
+    };
+    for s in range {
+        let p = view.possibility(s, action, resource, now);
+        if p == Possibility::Denied {
+            continue;
+        }
+        if subjects.len() == limit {
+            let last: &(String, Possibility) = subjects.last().expect("limit >= 1");
+            return SubjectPage {
+                next_cursor: Some(last.0.clone()),
+                subjects,
+            };
+        }
+        subjects.push((s.to_string(), p));
+    }
+    SubjectPage {
+        subjects,
+        next_cursor: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,392 @@
+//! The domain model: tenants, vaults, roles, statements, bindings and
+//! memberships, as users write them. Compiled forms live in `index`.
+//!
+//! Objects derive serde so the same shapes serve YAML manifests, stored
+//! records and the operator; field names are snake_case in Rust and in the
+//! wire formats alike.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::*;
+
+/// Microseconds since the Unix epoch, UTC. Written as RFC 3339 in manifests.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub const MIN: Timestamp = Timestamp(i64::MIN);
+    pub const MAX: Timestamp = Timestamp(i64::MAX);
+
+    pub fn now() -> Timestamp {
+        Timestamp(chrono::Utc::now().timestamp_micros())
+    }
+    pub fn from_secs(secs: i64) -> Timestamp {
+        Timestamp(secs.saturating_mul(1_000_000))
+    }
+    pub fn micros(self) -> i64 {
+        self.0
+    }
+    pub fn to_chrono(self) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp_micros(self.0).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+    }
+    pub fn parse_rfc3339(s: &str) -> Result<Timestamp, String> {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| Timestamp(t.timestamp_micros()))
+            .map_err(|e| format!("must be an RFC 3339 timestamp such as 2026-01-31T12:00:00Z ({e})"))
+    }
+    pub fn to_rfc3339(self) -> String {
+        self.to_chrono().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Timestamp::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TenantStatus {
+    #[default]
+    Active,
+    Suspended,
+}
+
+/// Upper bounds on what a tenant may hold; 0 means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    pub max_vaults: u32,
+    pub max_roles: u32,
+    pub max_bindings: u32,
+}
+
+pub type Labels = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: TenantId,
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub status: TenantStatus,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+}
+
+impl Tenant {
+    pub fn new(id: TenantId) -> Tenant {
+        Tenant {
+            id,
+            display_name: String::new(),
+            status: TenantStatus::Active,
+            limits: Limits::default(),
+            labels: Labels::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vault {
+    pub tenant: TenantId,
+    pub name: VaultName,
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+impl fmt::Display for Effect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Effect::Allow => "ALLOW",
+            Effect::Deny => "DENY",
+        })
+    }
+}
+
+/// One IAM-style rule. An empty `resources` list means `*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statement {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    pub effect: Effect,
+    pub actions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+}
+
+impl Statement {
+    pub fn allow(actions: &[&str], resources: &[&str]) -> Statement {
+        Statement {
+            sid: None,
+            effect: Effect::Allow,
+            actions: actions.iter().map(|s| s.to_string()).collect(),
+            resources: resources.iter().map(|s| s.to_string()).collect(),
+            condition: None,
+        }
+    }
+    pub fn deny(actions: &[&str], resources: &[&str]) -> Statement {
+        Statement {
+            effect: Effect::Deny,
+            ..Statement::allow(actions, resources)
+        }
+    }
+    pub fn with_condition(mut self, cel: &str) -> Statement {
+        self.condition = Some(cel.to_string());
+        self
+    }
+    pub fn with_sid(mut self, sid: &str) -> Statement {
+        self.sid = Some(sid.to_string());
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    pub tenant: TenantId,
+    /// `None` for a tenant-scoped role, visible to every vault of the tenant
+    /// and of its descendants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultName>,
+    pub name: RoleName,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub statements: Vec<Statement>,
+    /// Roles whose statements this one includes, resolved from this role's
+    /// own scope upwards: its vault, then its tenant, then the ancestors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inherits: Vec<RoleName>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+}
+
+/// What a binding grants: a named role, or statements written on the binding
+/// itself (a per-subject override).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grant {
+    Role(RoleName),
+    Statements(Vec<Statement>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    #[default]
+    Api,
+    Operator,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Api => "api",
+            Source::Operator => "operator",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub id: String,
+    pub tenant: TenantId,
+    /// `None` for a tenant-wide binding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultName>,
+    pub subject: Subject,
+    pub grant: Grant,
+    /// Resource patterns the binding is limited to; empty means `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scope: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+    #[serde(default)]
+    pub source: Source,
+}
+
+impl Binding {
+    /// A binding of `subject` to `role` over everything, for tests and examples.
+    pub fn to_role(
+        id: &str,
+        tenant: &TenantId,
+        vault: Option<&VaultName>,
+        subject: &Subject,
+        role: &RoleName,
+    ) -> Binding {
+        Binding {
+            id: id.to_string(),
+            tenant: tenant.clone(),
+            vault: vault.cloned(),
+            subject: subject.clone(),
+            grant: Grant::Role(role.clone()),
+            scope: Vec::new(),
+            condition: None,
+            not_before: None,
+            expires_at: None,
+            labels: Labels::new(),
+            source: Source::Api,
+        }
+    }
+
+    /// Whether the binding is in force at `now`: `[not_before, expires_at)`.
+    pub fn active_at(&self, now: Timestamp) -> bool {
+        self.not_before.is_none_or(|t| now >= t) && self.expires_at.is_none_or(|t| now < t)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Membership {
+    pub tenant: TenantId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultName>,
+    /// A `group:` subject.
+    pub group: Subject,
+    /// Any subject, other groups included.
+    pub member: Subject,
+}
+
+/// Where an object lives: a tenant (tenant-wide) or one of its vaults.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Scope {
+    pub tenant: TenantId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultName>,
+}
+
+impl Scope {
+    pub fn tenant(t: &TenantId) -> Scope {
+        Scope {
+            tenant: t.clone(),
+            vault: None,
+        }
+    }
+    pub fn vault(t: &TenantId, v: &VaultName) -> Scope {
+        Scope {
+            tenant: t.clone(),
+            vault: Some(v.clone()),
+        }
+    }
+    /// The scopes a name is resolved in from here: this scope, then (for a
+    /// vault) its tenant, then the tenant's ancestors.
+    pub fn resolution_chain(&self) -> Vec<Scope> {
+        let mut out = Vec::with_capacity(self.tenant.depth() + 1);
+        if self.vault.is_some() {
+            out.push(self.clone());
+        }
+        out.extend(self.tenant.lineage().into_iter().map(|t| Scope::tenant(&t)));
+        out
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.vault {
+            Some(v) => write!(f, "{}:{}", self.tenant, v),
+            None => write!(f, "{}", self.tenant),
+        }
+    }
+}
+
+/// A vault's address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VaultKey {
+    pub tenant: TenantId,
+    pub vault: VaultName,
+}
+
+/// A role's address: its scope and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RoleKey {
+    pub scope: Scope,
+    pub name: RoleName,
+}
+
+impl fmt::Display for RoleKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.scope, self.name)
+    }
+}
+
+/// One committed change, as the store's changelog records it and the index
+/// applies it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum Change {
+    PutTenant(Tenant),
+    DeleteTenant { tenant: TenantId },
+    PutVault(Vault),
+    DeleteVault { tenant: TenantId, vault: VaultName },
+    PutRole(Role),
+    DeleteRole { scope: Scope, name: RoleName },
+    PutBinding(Binding),
+    DeleteBinding { scope: Scope, id: String },
+    PutMembership(Membership),
+    DeleteMembership(Membership),
+}
+
+impl Change {
+    /// The tenant and vault the change belongs to (the vault is `None` for
+    /// tenant-level changes); the changelog is kept per vault by this.
+    pub fn scope(&self) -> Scope {
+        match self {
+            Change::PutTenant(t) => Scope::tenant(&t.id),
+            Change::DeleteTenant { tenant } => Scope::tenant(tenant),
+            Change::PutVault(v) => Scope::vault(&v.tenant, &v.name),
+            Change::DeleteVault { tenant, vault } => Scope::vault(tenant, vault),
+            Change::PutRole(r) => Scope {
+                tenant: r.tenant.clone(),
+                vault: r.vault.clone(),
+            },
+            Change::DeleteRole { scope, .. } => scope.clone(),
+            Change::PutBinding(b) => Scope {
+                tenant: b.tenant.clone(),
+                vault: b.vault.clone(),
+            },
+            Change::DeleteBinding { scope, .. } => scope.clone(),
+            Change::PutMembership(m) | Change::DeleteMembership(m) => Scope {
+                tenant: m.tenant.clone(),
+                vault: m.vault.clone(),
+            },
+        }
+    }
+}

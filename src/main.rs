@@ -1,0 +1,3 @@
+fn main() {
+    println!("portcullis {}", env!("CARGO_PKG_VERSION"));
+}
