@@ -1,6 +1,12 @@
 //! Portcullis: a gRPC authorization service with hierarchical tenants,
 //! IAM-style roles, CEL conditions and nested groups.
 //!
-//! - [`engine`]: the domain model and the in-memory decision engine.
+//! - [`engine`]: the domain model and the in-memory decision engine (no
+//!   gRPC, Kubernetes or storage types).
+//! - [`store`]: the FoundationDB-shaped store trait, its backends and the
+//!   keyspace.
+//! - [`telemetry`]: logs and metrics.
 
 pub mod engine;
+pub mod store;
+pub mod telemetry;

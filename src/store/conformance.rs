@@ -1,0 +1,222 @@
+//! One conformance suite for every backend: each test takes a fresh store.
+
+use std::sync::Arc;
+
+use super::*;
+
+type Make<'a> = dyn Fn() -> Arc<dyn Store> + 'a;
+
+fn set(store: &dyn Store, k: &[u8], v: &[u8]) -> u64 {
+    let mut tx = store.begin().unwrap();
+    tx.set(k, v);
+    tx.commit().unwrap()
+}
+
+fn get(store: &dyn Store, k: &[u8]) -> Option<Vec<u8>> {
+    store.begin().unwrap().get(k).unwrap()
+}
+
+pub fn read_write_and_versions(make: &Make<'_>) {
+    let s = make();
+    let v1 = set(&*s, b"a", b"1");
+    let v2 = set(&*s, b"b", b"2");
+    assert!(v2 > v1, "commit versions increase");
+    assert_eq!(get(&*s, b"a").as_deref(), Some(&b"1"[..]));
+    let mut tx = s.begin().unwrap();
+    assert!(tx.read_version().unwrap() >= v2);
+    tx.set(b"a", b"one");
+    assert_eq!(
+        tx.get(b"a").unwrap().as_deref(),
+        Some(&b"one"[..]),
+        "reads its own writes"
+    );
+    tx.clear(b"b");
+    assert_eq!(tx.get(b"b").unwrap(), None);
+    tx.commit().unwrap();
+    assert_eq!(get(&*s, b"a").as_deref(), Some(&b"one"[..]));
+    assert_eq!(get(&*s, b"b"), None);
+    // A read-only transaction commits at its read version.
+    let mut ro = s.begin().unwrap();
+    let rv = ro.read_version().unwrap();
+    let _ = ro.get(b"a").unwrap();
+    assert_eq!(ro.commit().unwrap(), rv);
+}
+
+pub fn conflicts(make: &Make<'_>) {
+    let s = make();
+    set(&*s, b"k", b"0");
+    let mut t1 = s.begin().unwrap();
+    assert_eq!(t1.get(b"k").unwrap().as_deref(), Some(&b"0"[..]));
+    set(&*s, b"k", b"1");
+    t1.set(b"other", b"x");
+    assert_eq!(
+        t1.commit().unwrap_err(),
+        StoreError::Conflict,
+        "read overwritten since begin"
+    );
+
+    // Range reads conflict with inserts into the range.
+    let mut t2 = s.begin().unwrap();
+    let _ = t2.range(b"r/", b"r0", RangeOpts::default()).unwrap();
+    set(&*s, b"r/x", b"1");
+    t2.set(b"y", b"1");
+    assert_eq!(t2.commit().unwrap_err(), StoreError::Conflict);
+
+    // Blind writes to the same key do not conflict.
+    let mut a = s.begin().unwrap();
+    let mut b = s.begin().unwrap();
+    a.set(b"blind", b"a");
+    b.set(b"blind", b"b");
+    a.commit().unwrap();
+    b.commit().unwrap();
+    assert_eq!(get(&*s, b"blind").as_deref(), Some(&b"b"[..]));
+
+    // Snapshot: a transaction keeps seeing what it began with.
+    let mut t3 = s.begin().unwrap();
+    set(&*s, b"snap", b"new");
+    assert_eq!(t3.get_snapshot(b"snap").unwrap(), None);
+}
+
+pub fn ranges_and_clears(make: &Make<'_>) {
+    let s = make();
+    let mut tx = s.begin().unwrap();
+    for i in 0..20u8 {
+        tx.set(&[b'p', i], &[i]);
+    }
+    tx.set(b"q", b"outside");
+    tx.commit().unwrap();
+    let mut tx = s.begin().unwrap();
+    let all = tx.range(b"p", b"q", RangeOpts::default()).unwrap();
+    assert_eq!(all.len(), 20);
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "ordered");
+    let first = tx.range(b"p", b"q", RangeOpts::limit(3)).unwrap();
+    assert_eq!(first.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [0, 1, 2]);
+    let last = tx
+        .range(
+            b"p",
+            b"q",
+            RangeOpts {
+                limit: 2,
+                reverse: true,
+                snapshot: false,
+            },
+        )
+        .unwrap();
+    assert_eq!(last.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [19, 18]);
+    // Clear a sub-range, with uncommitted writes seen in the same transaction.
+    tx.clear_range(&[b'p', 5], &[b'p', 15]).unwrap();
+    tx.set(&[b'p', 7], b"back");
+    let mid = tx.range(&[b'p', 4], &[b'p', 16], RangeOpts::default()).unwrap();
+    assert_eq!(mid.iter().map(|(k, _)| k[1]).collect::<Vec<_>>(), [4, 7, 15]);
+    tx.commit().unwrap();
+    let mut tx = s.begin().unwrap();
+    assert_eq!(tx.range(b"p", b"q", RangeOpts::default()).unwrap().len(), 11);
+    assert_eq!(tx.get(b"q").unwrap().as_deref(), Some(&b"outside"[..]));
+}
+
+pub fn atomic_adds_and_versionstamps(make: &Make<'_>) {
+    let s = make();
+    let mut versions = Vec::new();
+    for i in 0..5 {
+        let mut tx = s.begin().unwrap();
+        tx.atomic_add(b"counter", 2);
+        let (key, off) = tuple::Key::new().str("log").incomplete_versionstamp();
+        tx.set_versionstamped_key(key, off, &[i]);
+        let mut value = vec![0xff; 10];
+        value.extend_from_slice(b"rest");
+        tx.set_versionstamped_value(b"stamped", value, 0);
+        versions.push(tx.commit().unwrap());
+    }
+    let mut tx = s.begin().unwrap();
+    let c = tx.get(b"counter").unwrap().unwrap();
+    assert_eq!(i64::from_le_bytes(c.try_into().unwrap()), 10);
+    let (b, e) = tuple::prefix_range(&tuple::Key::new().str("log").into_vec());
+    let log = tx.range(&b, &e, RangeOpts::default()).unwrap();
+    assert_eq!(log.len(), 5);
+    for ((k, v), version) in log.iter().zip(&versions) {
+        match &tuple::decode(k).unwrap()[1] {
+            tuple::Elem::Versionstamp(vs) => assert_eq!(tuple::versionstamp_version(vs), *version),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(v.len(), 1);
+    }
+    assert_eq!(
+        log.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4],
+        "versionstamps order commits"
+    );
+    let stamped = tx.get(b"stamped").unwrap().unwrap();
+    assert_eq!(u64::from_be_bytes(stamped[..8].try_into().unwrap()), versions[4]);
+    assert_eq!(&stamped[10..], b"rest");
+}
+
+pub fn retry_loop_serializes_read_modify_write(make: &Make<'_>) {
+    let s = make();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    run(&*s, |tx| {
+                        let n = tx
+                            .get(b"n")?
+                            .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
+                            .unwrap_or(0);
+                        tx.set(b"n", &(n + 1).to_be_bytes());
+                        Ok::<_, StoreError>(())
+                    })
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let n = get(&*s, b"n").unwrap();
+    assert_eq!(u64::from_be_bytes(n.try_into().unwrap()), 100, "no lost update");
+}
+
+pub fn subscribe_sees_commits(make: &Make<'_>) {
+    let s = make();
+    let rx = s.subscribe();
+    let v = set(&*s, b"x", b"1");
+    assert!(*rx.borrow() >= v);
+}
+
+pub fn all(make: &Make<'_>) {
+    read_write_and_versions(make);
+    conflicts(make);
+    ranges_and_clears(make);
+    atomic_adds_and_versionstamps(make);
+    retry_loop_serializes_read_modify_write(make);
+    subscribe_sees_commits(make);
+}
+
+#[test]
+fn memory_backend_conforms() {
+    all(&|| Arc::new(memory::MemoryStore::new()) as Arc<dyn Store>);
+}
+
+#[test]
+fn embedded_backend_conforms() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    all(&|| {
+        let d = tempfile::tempdir().unwrap();
+        let s = Arc::new(embedded::EmbeddedStore::open(d.path()).unwrap()) as Arc<dyn Store>;
+        dirs.lock().unwrap().push(d);
+        s
+    });
+}
+
+#[test]
+fn embedded_backend_keeps_data_and_versions_across_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let v = {
+        let s = embedded::EmbeddedStore::open(d.path()).unwrap();
+        set(&s, b"k", b"v")
+    };
+    let s = embedded::EmbeddedStore::open(d.path()).unwrap();
+    assert_eq!(get(&s, b"k").as_deref(), Some(&b"v"[..]));
+    assert!(set(&s, b"k2", b"v") > v, "versions keep increasing after a restart");
+}

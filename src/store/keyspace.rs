@@ -1,0 +1,171 @@
+//! The keyspace: every key Portcullis stores, in one place.
+//!
+//! All keys are tuples (see `tuple`, FoundationDB-compatible) under the root
+//! `("pc", KEYSPACE_VERSION)`. `vault` is the empty string for tenant-level
+//! objects (tenant-scoped roles, tenant-wide bindings and memberships); the
+//! empty string sorts before every vault name, so a tenant's own objects come
+//! first in each range.
+//!
+//! | key | value |
+//! |---|---|
+//! | `(root, "t", tenant)` | record: `Tenant` |
+//! | `(root, "v", tenant, vault)` | record: `Vault` |
+//! | `(root, "r", tenant, vault, role)` | record: `Role` |
+//! | `(root, "b", tenant, vault, binding_id)` | record: `Binding` |
+//! | `(root, "bs", tenant, vault, subject, binding_id)` | empty: bindings by subject |
+//! | `(root, "m", tenant, vault, group, member)` | record: `Membership` |
+//! | `(root, "mm", tenant, vault, member, group)` | empty: memberships by member |
+//! | `(root, "log", tenant, vault, versionstamp)` | JSON `[Change]`: the per-vault changelog (vault `""` holds tenant-level changes) |
+//! | `(root, "feed", versionstamp)` | JSON `[Change]`: every change of one commit, which replicas tail |
+//! | `(root, "sys", "store_id")` | UTF-8 id, written once when the store is created |
+//! | `(root, "sys", "log_floor")` | u64 BE: the oldest revision the changelog still holds |
+//! | `(root, "sys", "feed_bump")` | versionstamp: written by every changing commit; FDB watches it |
+//! | `(root, "sys", "count", tenant, kind)` | i64 LE, atomic adds: vaults, roles, bindings held |
+//! | `(root, "sys", "lease", name)` | JSON lease: holder, epoch, expiry |
+//! | `(root, "sys", "epoch", name)` | u64 BE: the fencing epoch job writes check |
+//! | `(root, "sys", "job", name)` | JSON: a background job's last run |
+//!
+//! A record is the 10-byte versionstamp of the commit that wrote it (so the
+//! revision of an object comes from the commit version, never a counter)
+//! followed by the object's JSON. Changelog and feed keys are versionstamped
+//! too, so concurrent commits never touch a common key.
+
+use super::tuple::Key;
+
+pub const KEYSPACE_VERSION: u64 = 1;
+
+pub fn root() -> Key {
+    Key::new().str("pc").int(KEYSPACE_VERSION)
+}
+
+fn v(vault: Option<&str>) -> &str {
+    vault.unwrap_or("")
+}
+
+pub fn tenant(t: &str) -> Vec<u8> {
+    root().str("t").str(t).into_vec()
+}
+pub fn tenants() -> Vec<u8> {
+    root().str("t").into_vec()
+}
+/// Prefix of the tenants strictly below `t`.
+pub fn tenant_children(t: &str) -> Vec<u8> {
+    root().str("t").str_prefix(&format!("{t}/")).into_vec()
+}
+pub fn vault(t: &str, name: &str) -> Vec<u8> {
+    root().str("v").str(t).str(name).into_vec()
+}
+pub fn vaults(t: &str) -> Vec<u8> {
+    root().str("v").str(t).into_vec()
+}
+pub fn role(t: &str, vault: Option<&str>, name: &str) -> Vec<u8> {
+    root().str("r").str(t).str(v(vault)).str(name).into_vec()
+}
+pub fn roles(t: &str, vault: Option<&str>) -> Vec<u8> {
+    root().str("r").str(t).str(v(vault)).into_vec()
+}
+pub fn roles_of_tenant(t: &str) -> Vec<u8> {
+    root().str("r").str(t).into_vec()
+}
+pub fn binding(t: &str, vault: Option<&str>, id: &str) -> Vec<u8> {
+    root().str("b").str(t).str(v(vault)).str(id).into_vec()
+}
+pub fn bindings(t: &str, vault: Option<&str>) -> Vec<u8> {
+    root().str("b").str(t).str(v(vault)).into_vec()
+}
+pub fn bindings_of_tenant(t: &str) -> Vec<u8> {
+    root().str("b").str(t).into_vec()
+}
+pub fn binding_by_subject(t: &str, vault: Option<&str>, subject: &str, id: &str) -> Vec<u8> {
+    root().str("bs").str(t).str(v(vault)).str(subject).str(id).into_vec()
+}
+pub fn bindings_by_subject(t: &str, vault: Option<&str>, subject: &str) -> Vec<u8> {
+    root().str("bs").str(t).str(v(vault)).str(subject).into_vec()
+}
+pub fn binding_index_of_scope(t: &str, vault: Option<&str>) -> Vec<u8> {
+    root().str("bs").str(t).str(v(vault)).into_vec()
+}
+pub fn membership(t: &str, vault: Option<&str>, group: &str, member: &str) -> Vec<u8> {
+    root().str("m").str(t).str(v(vault)).str(group).str(member).into_vec()
+}
+pub fn memberships(t: &str, vault: Option<&str>) -> Vec<u8> {
+    root().str("m").str(t).str(v(vault)).into_vec()
+}
+pub fn memberships_of_group(t: &str, vault: Option<&str>, group: &str) -> Vec<u8> {
+    root().str("m").str(t).str(v(vault)).str(group).into_vec()
+}
+pub fn member_of(t: &str, vault: Option<&str>, member: &str, group: &str) -> Vec<u8> {
+    root().str("mm").str(t).str(v(vault)).str(member).str(group).into_vec()
+}
+pub fn member_of_member(t: &str, vault: Option<&str>, member: &str) -> Vec<u8> {
+    root().str("mm").str(t).str(v(vault)).str(member).into_vec()
+}
+pub fn member_index_of_scope(t: &str, vault: Option<&str>) -> Vec<u8> {
+    root().str("mm").str(t).str(v(vault)).into_vec()
+}
+/// The changelog of a scope, with the versionstamp still to fill in.
+pub fn log_entry(t: &str, vault: Option<&str>) -> (Vec<u8>, usize) {
+    root().str("log").str(t).str(v(vault)).incomplete_versionstamp()
+}
+pub fn log_at(t: &str, vault: Option<&str>, version: u64) -> Vec<u8> {
+    root().str("log").str(t).str(v(vault)).versionstamp(version).into_vec()
+}
+pub fn log_of_scope(t: &str, vault: Option<&str>) -> Vec<u8> {
+    root().str("log").str(t).str(v(vault)).into_vec()
+}
+pub fn log_all() -> Vec<u8> {
+    root().str("log").into_vec()
+}
+pub fn feed_entry() -> (Vec<u8>, usize) {
+    root().str("feed").incomplete_versionstamp()
+}
+pub fn feed_at(version: u64) -> Vec<u8> {
+    root().str("feed").versionstamp(version).into_vec()
+}
+pub fn feed() -> Vec<u8> {
+    root().str("feed").into_vec()
+}
+pub fn store_id() -> Vec<u8> {
+    root().str("sys").str("store_id").into_vec()
+}
+pub fn log_floor() -> Vec<u8> {
+    root().str("sys").str("log_floor").into_vec()
+}
+pub fn feed_bump() -> Vec<u8> {
+    root().str("sys").str("feed_bump").into_vec()
+}
+pub fn count(t: &str, kind: &str) -> Vec<u8> {
+    root().str("sys").str("count").str(t).str(kind).into_vec()
+}
+pub fn counts() -> Vec<u8> {
+    root().str("sys").str("count").into_vec()
+}
+pub fn lease(name: &str) -> Vec<u8> {
+    root().str("sys").str("lease").str(name).into_vec()
+}
+pub fn epoch(name: &str) -> Vec<u8> {
+    root().str("sys").str("epoch").str(name).into_vec()
+}
+pub fn job(name: &str) -> Vec<u8> {
+    root().str("sys").str("job").str(name).into_vec()
+}
+
+/// A versionstamp written into a record's first 10 bytes; the rest is JSON.
+pub const RECORD_HEADER: usize = 10;
+
+/// A record with its versionstamp still to fill in (offset 0).
+pub fn record(json: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(RECORD_HEADER + json.len());
+    v.extend_from_slice(&[0xff; RECORD_HEADER]);
+    v.extend_from_slice(json);
+    v
+}
+
+/// Splits a stored record into its commit version and its JSON.
+pub fn split_record(v: &[u8]) -> Option<(u64, &[u8])> {
+    if v.len() < RECORD_HEADER {
+        return None;
+    }
+    let version = u64::from_be_bytes(v[..8].try_into().ok()?);
+    Some((version, &v[RECORD_HEADER..]))
+}
