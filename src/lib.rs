@@ -7,6 +7,14 @@
 //!   keyspace.
 //! - [`telemetry`]: logs and metrics.
 
+pub mod api;
+pub mod cli;
 pub mod engine;
+pub mod error;
+pub mod index;
+pub mod jobs;
+pub mod manifest;
+pub mod repo;
+pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -518,62 +518,19 @@ impl Catalog {
         }
     }
 
-    /// The roles `role`'s inherits reach, were it stored; `Err` with the cycle
-    /// when one of them leads back to it.
+    /// The inheritance cycle `role` would close, were it stored.
     pub fn inherits_cycle(&self, role: &Role) -> Option<Vec<RoleKey>> {
-        let scope = Scope {
-            tenant: role.tenant.clone(),
-            vault: role.vault.clone(),
+        let lookup = |scope: &Scope, name: &RoleName| -> Result<Option<Vec<RoleName>>, std::convert::Infallible> {
+            Ok(self
+                .scopes
+                .get(scope)
+                .and_then(|d| d.roles.get(name))
+                .map(|e| e.role.inherits.clone()))
         };
-        let me = RoleKey {
-            scope: scope.clone(),
-            name: role.name.clone(),
-        };
-        // Resolution as it would be with `role` stored: a name that reaches
-        // `role`'s scope chain at `role`'s own scope finds `role` itself.
-        let resolve = |from: &Scope, name: &RoleName| -> Option<RoleKey> {
-            from.resolution_chain().into_iter().find_map(|s| {
-                if s == scope && *name == role.name {
-                    return Some(me.clone());
-                }
-                self.scopes.get(&s).and_then(|d| d.roles.get(name)).map(|_| RoleKey {
-                    scope: s.clone(),
-                    name: name.clone(),
-                })
-            })
-        };
-        let inherits_of = |k: &RoleKey| -> Vec<RoleName> {
-            if *k == me {
-                role.inherits.clone()
-            } else {
-                self.scopes
-                    .get(&k.scope)
-                    .and_then(|d| d.roles.get(&k.name))
-                    .map(|e| e.role.inherits.clone())
-                    .unwrap_or_default()
-            }
-        };
-        let mut seen = HashSet::new();
-        let mut stack = vec![vec![me.clone()]];
-        while let Some(path) = stack.pop() {
-            let last = path.last().expect("non-empty path").clone();
-            for inh in inherits_of(&last) {
-                let Some(next) = resolve(&last.scope, &inh) else {
-                    continue;
-                };
-                if next == me {
-                    let mut cycle = path.clone();
-                    cycle.push(me.clone());
-                    return Some(cycle);
-                }
-                if seen.insert(next.clone()) {
-                    let mut p = path.clone();
-                    p.push(next);
-                    stack.push(p);
-                }
-            }
+        match super::validate::inherits_cycle(role, lookup) {
+            Ok(c) => c,
+            Err(never) => match never {},
         }
-        None
     }
 
     /// Vaults whose views can see `scope`.

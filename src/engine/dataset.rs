@@ -192,6 +192,7 @@ impl Dataset {
                     vault: Some(vault.clone()),
                     group: group(g),
                     member: user(u),
+                    source: Source::Api,
                 }));
             }
         }
@@ -202,6 +203,7 @@ impl Dataset {
                 vault: None,
                 group: group(parent),
                 member: group(g),
+                source: Source::Api,
             }));
         }
         // A deliberate cycle: g1 ⊂ g2 ⊂ g1.
@@ -211,6 +213,7 @@ impl Dataset {
                 vault: Some(vault.clone()),
                 group: group(a),
                 member: group(b),
+                source: Source::Api,
             }));
         }
 
@@ -299,6 +302,7 @@ impl Dataset {
             vault: Some(self.vault.clone()),
             group: Subject::parse(&format!("group:g{}", rng.below(self.shape.groups as u64))).expect("valid"),
             member: Subject::parse(&format!("user:u{}", rng.below(self.shape.users as u64))).expect("valid"),
+            source: Source::Api,
         })
     }
 }

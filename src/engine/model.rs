@@ -203,7 +203,7 @@ pub enum Grant {
     Statements(Vec<Statement>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     #[default]
@@ -283,6 +283,8 @@ pub struct Membership {
     pub group: Subject,
     /// Any subject, other groups included.
     pub member: Subject,
+    #[serde(default)]
+    pub source: Source,
 }
 
 /// Where an object lives: a tenant (tenant-wide) or one of its vaults.

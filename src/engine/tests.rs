@@ -48,6 +48,7 @@ fn member(tn: &str, vault: Option<&str>, group: &str, m: &str) -> Change {
         vault: vault.map(v),
         group: s(group),
         member: s(m),
+        source: Source::Api,
     })
 }
 
@@ -356,6 +357,7 @@ fn nested_groups_with_a_cycle() {
         vault: None,
         group: s("group:staff"),
         member: s("group:eng"),
+        source: Source::Api,
     })]);
     assert!(!f.allowed("user:alice", "documents:read", "document:x"));
 }

@@ -129,6 +129,66 @@ pub fn membership(m: &Membership) -> Result<(), Violations> {
     v.into_result()
 }
 
+/// The inheritance cycle `role` would close, were it stored, as the list of
+/// roles from `role` back to itself. `lookup(scope, name)` returns the
+/// `inherits` of the role stored under that scope and name, if any; names
+/// resolve lexically from the inheriting role's scope (its vault, its
+/// tenant, then the ancestors).
+///
+/// Only cycles through `role` can appear when it is written, so a search
+/// from it suffices.
+pub fn inherits_cycle<E>(
+    role: &Role,
+    mut lookup: impl FnMut(&Scope, &RoleName) -> Result<Option<Vec<RoleName>>, E>,
+) -> Result<Option<Vec<RoleKey>>, E> {
+    let scope = Scope {
+        tenant: role.tenant.clone(),
+        vault: role.vault.clone(),
+    };
+    let me = RoleKey {
+        scope: scope.clone(),
+        name: role.name.clone(),
+    };
+    let mut resolve = |from: &Scope, name: &RoleName| -> Result<Option<(RoleKey, Vec<RoleName>)>, E> {
+        for s in from.resolution_chain() {
+            if s == scope && *name == role.name {
+                return Ok(Some((me.clone(), role.inherits.clone())));
+            }
+            if let Some(inh) = lookup(&s, name)? {
+                return Ok(Some((
+                    RoleKey {
+                        scope: s,
+                        name: name.clone(),
+                    },
+                    inh,
+                )));
+            }
+        }
+        Ok(None)
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![(vec![me.clone()], role.inherits.clone())];
+    while let Some((path, inherits)) = stack.pop() {
+        let from = path.last().expect("non-empty path").scope.clone();
+        for name in inherits {
+            let Some((next, next_inherits)) = resolve(&from, &name)? else {
+                continue;
+            };
+            if next == me {
+                let mut cycle = path.clone();
+                cycle.push(me.clone());
+                return Ok(Some(cycle));
+            }
+            if seen.insert(next.clone()) {
+                let mut p = path.clone();
+                p.push(next);
+                stack.push((p, next_inherits));
+            }
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +257,7 @@ mod tests {
             vault: None,
             group: Subject::parse("user:a").unwrap(),
             member: Subject::parse("user:a").unwrap(),
+            source: Source::Api,
         };
         let err = membership(&m).unwrap_err().to_string();
         assert!(err.contains("group: must be a group subject"), "{err}");

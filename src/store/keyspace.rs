@@ -20,7 +20,7 @@
 //! | `(root, "sys", "store_id")` | UTF-8 id, written once when the store is created |
 //! | `(root, "sys", "log_floor")` | u64 BE: the oldest revision the changelog still holds |
 //! | `(root, "sys", "feed_bump")` | versionstamp: written by every changing commit; FDB watches it |
-//! | `(root, "sys", "count", tenant, kind)` | i64 LE, atomic adds: vaults, roles, bindings held |
+//! | `(root, "sys", "count", tenant, vault, kind)` | i64 LE, atomic adds: vaults, roles, bindings held in a scope |
 //! | `(root, "sys", "lease", name)` | JSON lease: holder, epoch, expiry |
 //! | `(root, "sys", "epoch", name)` | u64 BE: the fencing epoch job writes check |
 //! | `(root, "sys", "job", name)` | JSON: a background job's last run |
@@ -134,8 +134,14 @@ pub fn log_floor() -> Vec<u8> {
 pub fn feed_bump() -> Vec<u8> {
     root().str("sys").str("feed_bump").into_vec()
 }
-pub fn count(t: &str, kind: &str) -> Vec<u8> {
-    root().str("sys").str("count").str(t).str(kind).into_vec()
+pub fn count(t: &str, vault: Option<&str>, kind: &str) -> Vec<u8> {
+    root().str("sys").str("count").str(t).str(v(vault)).str(kind).into_vec()
+}
+pub fn counts_of_tenant(t: &str) -> Vec<u8> {
+    root().str("sys").str("count").str(t).into_vec()
+}
+pub fn counts_of_scope(t: &str, vault: Option<&str>) -> Vec<u8> {
+    root().str("sys").str("count").str(t).str(v(vault)).into_vec()
 }
 pub fn counts() -> Vec<u8> {
     root().str("sys").str("count").into_vec()

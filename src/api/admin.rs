@@ -1,0 +1,560 @@
+//! AdminService: writes and reads of tenants, vaults, roles, bindings and
+//! memberships, through the repository.
+
+use std::sync::Arc;
+
+use portcullis_proto::v1 as pb;
+use portcullis_proto::v1::admin_service_server::AdminService;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::*;
+use super::{AppState, auth, blocking, observed, st, tenant_field};
+use crate::engine::ids::{Subject, TenantId, Violations};
+use crate::engine::model::{Binding, Membership, Role};
+use crate::error::ServiceError;
+use crate::repo::{IMPORT_CHUNK, parse_expected, token};
+
+const SVC: &str = "portcullis.v1.AdminService";
+
+pub struct AdminApi {
+    pub state: Arc<AppState>,
+}
+
+fn required<T>(v: Option<T>, field: &str) -> Result<T, Status> {
+    v.ok_or_else(|| st(ServiceError::invalid(field, "is required")))
+}
+
+fn conv<T>(r: Conv<T>) -> Result<T, Status> {
+    r.map_err(st)
+}
+
+/// Parses a (tenant, vault) pair of a request; the vault may be empty.
+fn scope_fields(tenant: &str, vault: &str) -> Result<(TenantId, Option<crate::engine::VaultName>), Status> {
+    let mut v = Violations::new();
+    let t = tenant_id(&mut v, "tenant", tenant);
+    let vn = opt_vault(&mut v, "vault", vault);
+    match (t, vn) {
+        (Some(t), Some(vn)) => Ok((t, vn)),
+        _ => Err(st(v)),
+    }
+}
+
+impl AdminApi {
+    async fn after_write(&self, revision: u64) {
+        self.state.settle(revision).await;
+    }
+}
+
+type Res<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn apply_tenant(&self, request: Request<pb::ApplyTenantRequest>) -> Res<pb::ApplyTenantResponse> {
+        observed(SVC, "ApplyTenant", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            let t = conv(tenant_from(&required(r.tenant, "tenant")?, "tenant"))?;
+            caller.require_tenant(t.id.as_str())?;
+            let expected = parse_expected(&r.expected_revision).map_err(st)?;
+            let repo = self.state.repo.clone();
+            let a = blocking(move || repo.apply_tenant(t, expected)).await.map_err(st)?;
+            self.after_write(a.revision).await;
+            Ok(Response::new(pb::ApplyTenantResponse {
+                tenant: Some(tenant_to(&a.object, a.revision, None)),
+                revision: token(a.revision),
+                changed: a.changed,
+            }))
+        })
+        .await
+    }
+
+    async fn get_tenant(&self, request: Request<pb::GetTenantRequest>) -> Res<pb::Tenant> {
+        observed(SVC, "GetTenant", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            tenant_field("id", &r.id)?;
+            caller.require_tenant(&r.id)?;
+            let id = TenantId::parse(&r.id).map_err(|e| st(ServiceError::invalid("id", e)))?;
+            let repo = self.state.repo.clone();
+            let (t, rev, usage) = blocking(move || repo.get_tenant(&id)).await.map_err(st)?;
+            Ok(Response::new(tenant_to(&t, rev, Some(usage))))
+        })
+        .await
+    }
+
+    async fn list_tenants(&self, request: Request<pb::ListTenantsRequest>) -> Res<pb::ListTenantsResponse> {
+        observed(SVC, "ListTenants", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            let under = if r.under.is_empty() {
+                match caller.confined_to() {
+                    [] => None,
+                    [one] => Some(one.clone()),
+                    many => {
+                        return Err(Status::permission_denied(format!(
+                            "this API key is confined to tenants {}; pass `under` with one of them",
+                            many.join(", ")
+                        )));
+                    }
+                }
+            } else {
+                tenant_field("under", &r.under)?;
+                caller.require_tenant(&r.under)?;
+                Some(r.under.clone())
+            };
+            let under = under
+                .map(|u| TenantId::parse(&u).map_err(|e| st(ServiceError::invalid("under", e))))
+                .transpose()?;
+            let repo = self.state.repo.clone();
+            let (items, next) = blocking(move || repo.list_tenants(under.as_ref(), &r.page_token, r.page_size))
+                .await
+                .map_err(st)?;
+            Ok(Response::new(pb::ListTenantsResponse {
+                tenants: items.iter().map(|(t, rev)| tenant_to(t, *rev, None)).collect(),
+                next_page_token: next,
+            }))
+        })
+        .await
+    }
+
+    async fn delete_tenant(&self, request: Request<pb::DeleteTenantRequest>) -> Res<pb::DeleteResponse> {
+        observed(SVC, "DeleteTenant", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            tenant_field("id", &r.id)?;
+            caller.require_tenant(&r.id)?;
+            let id = TenantId::parse(&r.id).map_err(|e| st(ServiceError::invalid("id", e)))?;
+            let expected = parse_expected(&r.expected_revision).map_err(st)?;
+            let repo = self.state.repo.clone();
+            let rev = blocking(move || repo.delete_tenant(&id, expected)).await.map_err(st)?;
+            self.after_write(rev).await;
+            Ok(Response::new(pb::DeleteResponse { revision: token(rev) }))
+        })
+        .await
+    }
+
+    async fn apply_vault(&self, request: Request<pb::ApplyVaultRequest>) -> Res<pb::ApplyVaultResponse> {
+        observed(SVC, "ApplyVault", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            let v = conv(vault_from(&required(r.vault, "vault")?, "vault"))?;
+            caller.require_tenant(v.tenant.as_str())?;
+            let expected = parse_expected(&r.expected_revision).map_err(st)?;
+            let repo = self.state.repo.clone();
+            let a = blocking(move || repo.apply_vault(v, expected)).await.map_err(st)?;
+            self.after_write(a.revision).await;
+            Ok(Response::new(pb::ApplyVaultResponse {
+                vault: Some(vault_to(&a.object, a.revision)),
+                revision: token(a.revision),
+                changed: a.changed,
+            }))
+        })
+        .await
+    }
+
+    async fn get_vault(&self, request: Request<pb::GetVaultRequest>) -> Res<pb::Vault> {
+        observed(SVC, "GetVault", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            let mut v = Violations::new();
+            let t = tenant_id(&mut v, "tenant", &r.tenant);
+            let n = vault_name(&mut v, "name", &r.name);
+            let (Some(t), Some(n)) = (t, n) else { return Err(st(v)) };
+            caller.require_tenant(t.as_str())?;
+            let repo = self.state.repo.clone();
+            let (vault, rev) = blocking(move || repo.get_vault(&t, &n)).await.map_err(st)?;
+            Ok(Response::new(vault_to(&vault, rev)))
+        })
+        .await
+    }
+
+    async fn list_vaults(&self, request: Request<pb::ListVaultsRequest>) -> Res<pb::ListVaultsResponse> {
+        observed(SVC, "ListVaults", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            tenant_field("tenant", &r.tenant)?;
+            caller.require_tenant(&r.tenant)?;
+            let t = TenantId::parse(&r.tenant).map_err(|e| st(ServiceError::invalid("tenant", e)))?;
+            let repo = self.state.repo.clone();
+            let (items, next) = blocking(move || repo.list_vaults(&t, &r.page_token, r.page_size))
+                .await
+                .map_err(st)?;
+            Ok(Response::new(pb::ListVaultsResponse {
+                vaults: items.iter().map(|(v, rev)| vault_to(v, *rev)).collect(),
+                next_page_token: next,
+            }))
+        })
+        .await
+    }
+
+    async fn delete_vault(&self, request: Request<pb::DeleteVaultRequest>) -> Res<pb::DeleteResponse> {
+        observed(SVC, "DeleteVault", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            let mut v = Violations::new();
+            let t = tenant_id(&mut v, "tenant", &r.tenant);
+            let n = vault_name(&mut v, "name", &r.name);
+            let (Some(t), Some(n)) = (t, n) else { return Err(st(v)) };
+            caller.require_tenant(t.as_str())?;
+            let expected = parse_expected(&r.expected_revision).map_err(st)?;
+            let repo = self.state.repo.clone();
+            let rev = blocking(move || repo.delete_vault(&t, &n, expected))
+                .await
+                .map_err(st)?;
+            self.after_write(rev).await;
+            Ok(Response::new(pb::DeleteResponse { revision: token(rev) }))
+        })
+        .await
+    }
+
+    async fn apply_role(&self, request: Request<pb::ApplyRoleRequest>) -> Res<pb::ApplyRoleResponse> {
+        observed(SVC, "ApplyRole", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            let role = conv(role_from(&required(r.role, "role")?, "role"))?;
+            caller.require_tenant(role.tenant.as_str())?;
+            let expected = parse_expected(&r.expected_revision).map_err(st)?;
+            let repo = self.state.repo.clone();
+            let a = blocking(move || repo.apply_role(role, expected))
+                .await
+                .map_err(|e| match e {
+                    ServiceError::Invalid(mut v) => {
+                        for f in &mut v.0 {
+                            f.field = format!("role.{}", f.field);
+                        }
+                        st(ServiceError::Invalid(v))
+                    }
+                    other => st(other),
+                })?;
+            self.after_write(a.revision).await;
+            Ok(Response::new(pb::ApplyRoleResponse {
+                role: Some(role_to(&a.object, a.revision)),
+                revision: token(a.revision),
+                changed: a.changed,
+            }))
+        })
+        .await
+    }
+
+    async fn get_role(&self, request: Request<pb::GetRoleRequest>) -> Res<pb::Role> {
+        observed(SVC, "GetRole", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
+            let name = crate::engine::RoleName::parse(&r.name).map_err(|e| st(ServiceError::invalid("name", e)))?;
+            caller.require_tenant(t.as_str())?;
+            let repo = self.state.repo.clone();
+            let (role, rev) = blocking(move || repo.get_role(&t, vn.as_ref(), &name))
+                .await
+                .map_err(st)?;
+            Ok(Response::new(role_to(&role, rev)))
+        })
+        .await
+    }
+
+    async fn list_roles(&self, request: Request<pb::ListRolesRequest>) -> Res<pb::ListRolesResponse> {
+        observed(SVC, "ListRoles", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
+            caller.require_tenant(t.as_str())?;
+            let repo = self.state.repo.clone();
+            let (items, next) = blocking(move || repo.list_roles(&t, vn.as_ref(), &r.page_token, r.page_size))
+                .await
+                .map_err(st)?;
+            Ok(Response::new(pb::ListRolesResponse {
+                roles: items.iter().map(|(x, rev)| role_to(x, *rev)).collect(),
+                next_page_token: next,
+            }))
+        })
+        .await
+    }
+
+    async fn delete_role(&self, request: Request<pb::DeleteRoleRequest>) -> Res<pb::DeleteResponse> {
+        observed(SVC, "DeleteRole", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
+            let name = crate::engine::RoleName::parse(&r.name).map_err(|e| st(ServiceError::invalid("name", e)))?;
+            caller.require_tenant(t.as_str())?;
+            let expected = parse_expected(&r.expected_revision).map_err(st)?;
+            let repo = self.state.repo.clone();
+            let rev = blocking(move || repo.delete_role(&t, vn.as_ref(), &name, expected))
+                .await
+                .map_err(st)?;
+            self.after_write(rev).await;
+            Ok(Response::new(pb::DeleteResponse { revision: token(rev) }))
+        })
+        .await
+    }
+
+    async fn write_bindings(&self, request: Request<pb::WriteBindingsRequest>) -> Res<pb::WriteResponse> {
+        observed(SVC, "WriteBindings", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
+            caller.require_tenant(t.as_str())?;
+            let mut v = Violations::new();
+            let mut upserts: Vec<Binding> = Vec::with_capacity(r.upserts.len());
+            for (i, b) in r.upserts.iter().enumerate() {
+                match binding_from(b, &format!("upserts[{i}]"), &r.tenant, &r.vault) {
+                    Ok(b) => upserts.push(b),
+                    Err(e) => v.0.extend(e.0),
+                }
+            }
+            let replace = opt_source(&mut v, "replace_source", r.replace_source);
+            v.into_result().map_err(st)?;
+            let repo = self.state.repo.clone();
+            let deletes = r.deletes;
+            let ((up, del), rev) = blocking(move || repo.write_bindings(&t, vn.as_ref(), &upserts, &deletes, replace))
+                .await
+                .map_err(st)?;
+            self.after_write(rev).await;
+            Ok(Response::new(pb::WriteResponse {
+                written_at: token(rev),
+                upserted: up,
+                deleted: del,
+            }))
+        })
+        .await
+    }
+
+    async fn list_bindings(&self, request: Request<pb::ListBindingsRequest>) -> Res<pb::ListBindingsResponse> {
+        observed(SVC, "ListBindings", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
+            caller.require_tenant(t.as_str())?;
+            let mut v = Violations::new();
+            let subj = if r.subject.is_empty() {
+                None
+            } else {
+                subject(&mut v, "subject", &r.subject)
+            };
+            let source = opt_source(&mut v, "source", r.source);
+            v.into_result().map_err(st)?;
+            let repo = self.state.repo.clone();
+            let (items, next) = blocking(move || {
+                repo.list_bindings(&t, vn.as_ref(), subj.as_ref(), source, &r.page_token, r.page_size)
+            })
+            .await
+            .map_err(st)?;
+            Ok(Response::new(pb::ListBindingsResponse {
+                bindings: items.iter().map(binding_to).collect(),
+                next_page_token: next,
+            }))
+        })
+        .await
+    }
+
+    async fn write_memberships(&self, request: Request<pb::WriteMembershipsRequest>) -> Res<pb::WriteResponse> {
+        observed(SVC, "WriteMemberships", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
+            caller.require_tenant(t.as_str())?;
+            let mut v = Violations::new();
+            let mut conv_list = |field: &str, list: &[pb::Membership]| -> Vec<Membership> {
+                let mut out = Vec::with_capacity(list.len());
+                for (i, m) in list.iter().enumerate() {
+                    match membership_from(m, &format!("{field}[{i}]"), &r.tenant, &r.vault) {
+                        Ok(m) => out.push(m),
+                        Err(e) => v.0.extend(e.0),
+                    }
+                }
+                out
+            };
+            let upserts = conv_list("upserts", &r.upserts);
+            let deletes = conv_list("deletes", &r.deletes);
+            let replace = opt_source(&mut v, "replace_source", r.replace_source);
+            v.into_result().map_err(st)?;
+            let repo = self.state.repo.clone();
+            let ((up, del), rev) =
+                blocking(move || repo.write_memberships(&t, vn.as_ref(), &upserts, &deletes, replace))
+                    .await
+                    .map_err(st)?;
+            self.after_write(rev).await;
+            Ok(Response::new(pb::WriteResponse {
+                written_at: token(rev),
+                upserted: up,
+                deleted: del,
+            }))
+        })
+        .await
+    }
+
+    async fn list_memberships(&self, request: Request<pb::ListMembershipsRequest>) -> Res<pb::ListMembershipsResponse> {
+        observed(SVC, "ListMemberships", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
+            caller.require_tenant(t.as_str())?;
+            let mut v = Violations::new();
+            let group: Option<Subject> = if r.group.is_empty() {
+                None
+            } else {
+                subject(&mut v, "group", &r.group)
+            };
+            let member = if r.member.is_empty() {
+                None
+            } else {
+                subject(&mut v, "member", &r.member)
+            };
+            v.into_result().map_err(st)?;
+            let repo = self.state.repo.clone();
+            let (items, next) = blocking(move || {
+                repo.list_memberships(
+                    &t,
+                    vn.as_ref(),
+                    group.as_ref(),
+                    member.as_ref(),
+                    &r.page_token,
+                    r.page_size,
+                )
+            })
+            .await
+            .map_err(st)?;
+            Ok(Response::new(pb::ListMembershipsResponse {
+                memberships: items.iter().map(membership_to).collect(),
+                next_page_token: next,
+            }))
+        })
+        .await
+    }
+
+    async fn import_vault(&self, request: Request<Streaming<pb::ImportVaultRequest>>) -> Res<pb::ImportVaultResponse> {
+        observed(SVC, "ImportVault", async {
+            let caller = auth::caller(&request)?;
+            let mut stream = request.into_inner();
+            let mut scope: Option<(String, String)> = None;
+            let mut roles: Vec<Role> = Vec::new();
+            let mut bindings: Vec<Binding> = Vec::new();
+            let mut memberships: Vec<Membership> = Vec::new();
+            let (mut n_roles, mut n_bindings, mut n_members) = (0u32, 0u32, 0u32);
+            let mut last_rev = 0u64;
+            let mut i = 0usize;
+            loop {
+                let msg = stream.next().await;
+                let done = msg.is_none();
+                if let Some(msg) = msg {
+                    let m = msg?;
+                    if scope.is_none() {
+                        let (t, vn) = scope_fields(&m.tenant, &m.vault)?;
+                        if vn.is_none() {
+                            return Err(st(ServiceError::invalid(
+                                "vault",
+                                "the first message must name the vault",
+                            )));
+                        }
+                        caller.require_tenant(t.as_str())?;
+                        scope = Some((m.tenant.clone(), m.vault.clone()));
+                    } else if let Some((t, v)) = &scope
+                        && ((!m.tenant.is_empty() && m.tenant != *t) || (!m.vault.is_empty() && m.vault != *v))
+                    {
+                        return Err(st(ServiceError::invalid(
+                            format!("items[{i}].vault"),
+                            "an import targets one vault; every message must name the first message's vault or none",
+                        )));
+                    }
+                    let (t, v) = scope.clone().expect("scope set");
+                    let field = format!("items[{i}]");
+                    match m.item {
+                        Some(pb::import_vault_request::Item::Role(mut r)) => {
+                            if r.tenant.is_empty() {
+                                r.tenant = t.clone();
+                            }
+                            if r.vault.is_empty() {
+                                r.vault = v.clone();
+                            }
+                            roles.push(conv(role_from(&r, &format!("{field}.role")))?);
+                        }
+                        Some(pb::import_vault_request::Item::Binding(b)) => {
+                            bindings.push(conv(binding_from(&b, &format!("{field}.binding"), &t, &v))?);
+                        }
+                        Some(pb::import_vault_request::Item::Membership(mm)) => {
+                            memberships.push(conv(membership_from(&mm, &format!("{field}.membership"), &t, &v))?);
+                        }
+                        None => {}
+                    }
+                    i += 1;
+                }
+                let Some((t, v)) = scope.clone() else {
+                    return Err(st(ServiceError::invalid("tenant", "the import stream was empty")));
+                };
+                let flush = done || roles.len() + bindings.len() + memberships.len() >= IMPORT_CHUNK;
+                if flush {
+                    let (tid, vn) = scope_fields(&t, &v)?;
+                    let repo = self.state.repo.clone();
+                    let (rs, bs, ms) = (
+                        std::mem::take(&mut roles),
+                        std::mem::take(&mut bindings),
+                        std::mem::take(&mut memberships),
+                    );
+                    let (nr, nb, nm) = (rs.len() as u32, bs.len() as u32, ms.len() as u32);
+                    let rev = blocking(move || {
+                        let mut rev = 0;
+                        for r in rs {
+                            rev = rev.max(repo.apply_role(r, None)?.revision);
+                        }
+                        if !bs.is_empty() {
+                            rev = rev.max(repo.write_bindings(&tid, vn.as_ref(), &bs, &[], None)?.1);
+                        }
+                        if !ms.is_empty() {
+                            rev = rev.max(repo.write_memberships(&tid, vn.as_ref(), &ms, &[], None)?.1);
+                        }
+                        Ok(rev)
+                    })
+                    .await
+                    .map_err(st)?;
+                    last_rev = last_rev.max(rev);
+                    n_roles += nr;
+                    n_bindings += nb;
+                    n_members += nm;
+                }
+                if done {
+                    break;
+                }
+            }
+            self.after_write(last_rev).await;
+            Ok(Response::new(pb::ImportVaultResponse {
+                roles: n_roles,
+                bindings: n_bindings,
+                memberships: n_members,
+                written_at: if last_rev > 0 { token(last_rev) } else { String::new() },
+            }))
+        })
+        .await
+    }
+
+    type ExportVaultStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ExportVaultResponse, Status>> + Send + 'static>>;
+
+    async fn export_vault(&self, request: Request<pb::ExportVaultRequest>) -> Res<Self::ExportVaultStream> {
+        observed(SVC, "ExportVault", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            let mut v = Violations::new();
+            let t = tenant_id(&mut v, "tenant", &r.tenant);
+            let n = vault_name(&mut v, "vault", &r.vault);
+            let (Some(t), Some(n)) = (t, n) else { return Err(st(v)) };
+            caller.require_tenant(t.as_str())?;
+            let repo = self.state.repo.clone();
+            let (export, rev) = blocking(move || repo.export_vault(&t, &n)).await.map_err(st)?;
+            let revision = token(rev);
+            use pb::export_vault_response::Item;
+            let mut items = vec![Item::Vault(vault_to(&export.vault, 0))];
+            items.extend(export.roles.iter().map(|x| Item::Role(role_to(x, 0))));
+            items.extend(export.bindings.iter().map(|b| Item::Binding(binding_to(b))));
+            items.extend(export.memberships.iter().map(|m| Item::Membership(membership_to(m))));
+            let stream = tokio_stream::iter(items.into_iter().map(move |item| {
+                Ok(pb::ExportVaultResponse {
+                    item: Some(item),
+                    revision: revision.clone(),
+                })
+            }));
+            Ok(Response::new(Box::pin(stream) as Self::ExportVaultStream))
+        })
+        .await
+    }
+}

@@ -1,0 +1,45 @@
+//! DiagnosticsService: what this replica is, and an echo for load tests.
+
+use std::sync::Arc;
+
+use portcullis_proto::v1 as pb;
+use portcullis_proto::v1::diagnostics_service_server::DiagnosticsService;
+use tonic::{Request, Response, Status};
+
+use super::{AppState, load, observed};
+use crate::repo::token;
+
+const SVC: &str = "portcullis.v1.DiagnosticsService";
+
+pub struct DiagnosticsApi {
+    pub state: Arc<AppState>,
+}
+
+#[tonic::async_trait]
+impl DiagnosticsService for DiagnosticsApi {
+    async fn get_server_info(
+        &self,
+        _request: Request<pb::GetServerInfoRequest>,
+    ) -> Result<Response<pb::GetServerInfoResponse>, Status> {
+        observed(SVC, "GetServerInfo", async {
+            let index = self.state.index()?;
+            Ok(Response::new(pb::GetServerInfoResponse {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                store_id: self.state.store_id.clone(),
+                store_backend: self.state.repo.store.backend().to_string(),
+                revision: token(index.revision()),
+                leader: self.state.leader.is_leader.load(std::sync::atomic::Ordering::Relaxed),
+                leader_epoch: load(&self.state.leader.epoch),
+            }))
+        })
+        .await
+    }
+
+    async fn echo(&self, request: Request<pb::EchoRequest>) -> Result<Response<pb::EchoResponse>, Status> {
+        observed(SVC, "Echo", async {
+            let r = request.into_inner();
+            Ok(Response::new(pb::EchoResponse { payload: r.payload }))
+        })
+        .await
+    }
+}

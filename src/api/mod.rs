@@ -1,0 +1,125 @@
+//! The gRPC services: thin adapters from portcullis.v1 to the engine, the
+//! repository and the live index. Each handler validates its request,
+//! checks the caller's tenancy, does its work, and maps errors once
+//! (`status`).
+
+pub mod admin;
+pub mod auth;
+pub mod convert;
+pub mod diagnostics;
+pub mod permission;
+pub mod status;
+pub mod watch;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+use crate::error::{Result, ServiceError};
+use crate::index::LiveIndex;
+use crate::repo::{Repo, parse_token};
+use crate::telemetry::RpcTimer;
+use portcullis_proto::v1 as pb;
+
+/// What every service shares.
+pub struct AppState {
+    index: OnceLock<Arc<LiveIndex>>,
+    pub repo: Arc<Repo>,
+    pub store_id: String,
+    /// The longest a request waits for the index to catch up to a token.
+    pub consistency_wait: Duration,
+    pub leader: Arc<LeaderStatus>,
+}
+
+/// Leadership as the diagnostics and health report it.
+#[derive(Debug, Default)]
+pub struct LeaderStatus {
+    pub is_leader: AtomicBool,
+    pub epoch: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(repo: Arc<Repo>, store_id: String, consistency_wait: Duration, leader: Arc<LeaderStatus>) -> AppState {
+        AppState {
+            index: OnceLock::new(),
+            repo,
+            store_id,
+            consistency_wait,
+            leader,
+        }
+    }
+
+    pub fn set_index(&self, index: Arc<LiveIndex>) {
+        let _ = self.index.set(index);
+    }
+
+    pub fn index(&self) -> std::result::Result<&Arc<LiveIndex>, Status> {
+        self.index
+            .get()
+            .ok_or_else(|| Status::unavailable("the index is still loading; retry shortly"))
+    }
+
+    /// Applies a consistency requirement; returns the revision the answer
+    /// will be at least as fresh as.
+    pub async fn consistency(&self, index: &LiveIndex, c: Option<&pb::Consistency>) -> Result<u64> {
+        use pb::consistency::Requirement;
+        match c.and_then(|c| c.requirement.as_ref()) {
+            None | Some(Requirement::MinimizeLatency(_)) => Ok(index.revision()),
+            Some(Requirement::AtLeastAsFresh(t)) => {
+                let rev = parse_token("consistency.at_least_as_fresh", t)?;
+                index.wait_for(rev, self.consistency_wait).await
+            }
+            Some(Requirement::FullyConsistent(_)) => {
+                let repo = self.repo.clone();
+                let rev = blocking(move || repo.current_version()).await?;
+                index.wait_for(rev, self.consistency_wait).await
+            }
+        }
+    }
+
+    /// After a write, give the local index a moment to apply it, so a
+    /// following check on this replica sees it even without a token.
+    pub async fn settle(&self, revision: u64) {
+        if let Some(index) = self.index.get() {
+            let _ = index.wait_for(revision, Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Runs a store operation on a blocking thread.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(ServiceError::Internal(format!("worker task failed: {e}"))))
+}
+
+/// Times an RPC and counts its code.
+pub async fn observed<T>(
+    service: &'static str,
+    method: &'static str,
+    fut: impl Future<Output = std::result::Result<T, Status>>,
+) -> std::result::Result<T, Status> {
+    let timer = RpcTimer::start(service, method);
+    let r = fut.await;
+    timer.finish(match &r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    });
+    r
+}
+
+/// Validates a tenant id field before anything else looks at it.
+pub fn tenant_field(field: &str, s: &str) -> std::result::Result<(), Status> {
+    crate::engine::ids::check_tenant_id(s).map_err(|rule| status::status(ServiceError::invalid(field, rule)))
+}
+
+pub(crate) fn st(e: impl Into<ServiceError>) -> Status {
+    status::status(e.into())
+}
+
+pub(crate) fn load(o: &AtomicU64) -> u64 {
+    o.load(Ordering::Relaxed)
+}

@@ -1,0 +1,363 @@
+//! PermissionService: checks and lookups against the live index.
+
+use std::sync::Arc;
+
+use portcullis_proto::v1 as pb;
+use portcullis_proto::v1::permission_service_server::PermissionService;
+use tonic::{Request, Response, Status};
+
+use super::convert::{effect_to, scope_strings, source_to, statement_to, struct_to_json, ts_to};
+use super::{AppState, auth, observed, st, tenant_field};
+use crate::engine::{
+    CheckItem, CheckResult, EntryOutcome, Explanation, PageRequest, Possibility, Reason, RequestContext, ResourceRule,
+    RoleKey, Timestamp, check_bulk_in, lookup_subjects_in,
+};
+use crate::error::ServiceError;
+use crate::repo::{MAX_PAGE, token};
+use crate::telemetry::DECISIONS;
+
+const SVC: &str = "portcullis.v1.PermissionService";
+pub const MAX_BULK: usize = 1000;
+
+pub struct PermissionApi {
+    pub state: Arc<AppState>,
+}
+
+fn reason_to(r: Reason) -> i32 {
+    (match r {
+        Reason::Allowed => pb::Reason::Allowed,
+        Reason::ExplicitDeny => pb::Reason::ExplicitDeny,
+        Reason::NoMatch => pb::Reason::NoMatch,
+        Reason::TenantSuspended => pb::Reason::TenantSuspended,
+    }) as i32
+}
+
+fn role_key(k: &RoleKey) -> String {
+    k.to_string()
+}
+
+fn explanation_to(e: &Explanation) -> pb::Explanation {
+    pb::Explanation {
+        reason: reason_to(e.reason),
+        suspended_by: e.suspended_by.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+        entries: e
+            .entries
+            .iter()
+            .map(|x| {
+                let (bt, bv) = scope_strings(&x.binding_scope);
+                let (dt, dv) = scope_strings(&x.defined_in);
+                let (outcome, message) = match &x.outcome {
+                    EntryOutcome::Applied => (pb::EntryOutcome::Applied, String::new()),
+                    EntryOutcome::ConditionError(m) => (pb::EntryOutcome::ConditionError, m.clone()),
+                };
+                pb::ExplainEntry {
+                    binding_id: x.binding_id.clone(),
+                    binding_tenant: bt,
+                    binding_vault: bv,
+                    principal: x.principal.clone(),
+                    group_path: x.group_path.clone(),
+                    role: x
+                        .role
+                        .as_ref()
+                        .map(|r| r.name.to_string())
+                        .unwrap_or_else(|| "inline".into()),
+                    role_path: x.role_path.iter().map(role_key).collect(),
+                    sid: x.sid.clone().unwrap_or_default(),
+                    index: x.index,
+                    effect: effect_to(x.effect),
+                    defined_tenant: dt,
+                    defined_vault: dv,
+                    outcome: outcome as i32,
+                    message,
+                    counted: x.counted,
+                }
+            })
+            .collect(),
+    }
+}
+
+fn check_response(r: &CheckResult, at: u64) -> pb::CheckPermissionResponse {
+    DECISIONS
+        .with_label_values(&[if r.allowed { "ALLOWED" } else { "DENIED" }, r.reason.as_str()])
+        .inc();
+    pb::CheckPermissionResponse {
+        decision: if r.allowed {
+            pb::Decision::Allowed as i32
+        } else {
+            pb::Decision::Denied as i32
+        },
+        reason: reason_to(r.reason),
+        checked_at: token(at),
+        explanation: r.explanation.as_ref().map(explanation_to),
+    }
+}
+
+fn rule_to(r: &ResourceRule) -> pb::ResourceRule {
+    pb::ResourceRule {
+        scope: r.scope_patterns(),
+        resources: r.resource_patterns(),
+        conditions: r.conditions.clone(),
+        binding_id: r.binding_id().to_string(),
+        role: r
+            .role
+            .as_ref()
+            .map(|k| k.name.to_string())
+            .unwrap_or_else(|| "inline".into()),
+        sid: r.sid().unwrap_or_default().to_string(),
+        index: r.index(),
+    }
+}
+
+fn context_of(s: &Option<prost_types::Struct>) -> RequestContext {
+    s.as_ref()
+        .map(|s| RequestContext::new(struct_to_json(s)))
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl PermissionService for PermissionApi {
+    async fn check_permission(
+        &self,
+        request: Request<pb::CheckPermissionRequest>,
+    ) -> Result<Response<pb::CheckPermissionResponse>, Status> {
+        observed(SVC, "CheckPermission", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            tenant_field("tenant", &r.tenant)?;
+            caller.require_tenant(&r.tenant)?;
+            let index = self.state.index()?;
+            self.state
+                .consistency(index, r.consistency.as_ref())
+                .await
+                .map_err(st)?;
+            let at = index.revision();
+            let ctx = context_of(&r.context);
+            let item = CheckItem {
+                subject: &r.subject,
+                action: &r.action,
+                resource: &r.resource,
+                context: &ctx,
+            };
+            let res = index
+                .engine
+                .check(&r.tenant, &r.vault, &item, Timestamp::now(), r.explain)
+                .map_err(st)?;
+            Ok(Response::new(check_response(&res, at)))
+        })
+        .await
+    }
+
+    async fn check_bulk_permissions(
+        &self,
+        request: Request<pb::CheckBulkPermissionsRequest>,
+    ) -> Result<Response<pb::CheckBulkPermissionsResponse>, Status> {
+        observed(SVC, "CheckBulkPermissions", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            tenant_field("tenant", &r.tenant)?;
+            caller.require_tenant(&r.tenant)?;
+            if r.items.len() > MAX_BULK {
+                return Err(st(ServiceError::invalid(
+                    "items",
+                    format!("at most {MAX_BULK} items per call, got {}", r.items.len()),
+                )));
+            }
+            let index = self.state.index()?;
+            self.state
+                .consistency(index, r.consistency.as_ref())
+                .await
+                .map_err(st)?;
+            let at = index.revision();
+            let view = index.engine.view(&r.tenant, &r.vault).map_err(st)?;
+            let contexts: Vec<RequestContext> = r.items.iter().map(|i| context_of(&i.context)).collect();
+            let items: Vec<CheckItem<'_>> = r
+                .items
+                .iter()
+                .zip(&contexts)
+                .map(|(i, c)| CheckItem {
+                    subject: &i.subject,
+                    action: &i.action,
+                    resource: &i.resource,
+                    context: c,
+                })
+                .collect();
+            let results = check_bulk_in(&view, &items, Timestamp::now(), r.explain)
+                .into_iter()
+                .enumerate()
+                .map(|(i, res)| pb::BulkCheckResult {
+                    result: Some(match res {
+                        Ok(c) => pb::bulk_check_result::Result::Response(check_response(&c, at)),
+                        Err(v) => {
+                            let mut v = v;
+                            for f in &mut v.0 {
+                                f.field = format!("items[{i}].{}", f.field);
+                            }
+                            pb::bulk_check_result::Result::Error(super::status::item_error(&v))
+                        }
+                    }),
+                })
+                .collect();
+            Ok(Response::new(pb::CheckBulkPermissionsResponse {
+                results,
+                checked_at: token(at),
+            }))
+        })
+        .await
+    }
+
+    async fn lookup_resources(
+        &self,
+        request: Request<pb::LookupResourcesRequest>,
+    ) -> Result<Response<pb::LookupResourcesResponse>, Status> {
+        observed(SVC, "LookupResources", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            tenant_field("tenant", &r.tenant)?;
+            caller.require_tenant(&r.tenant)?;
+            let index = self.state.index()?;
+            self.state
+                .consistency(index, r.consistency.as_ref())
+                .await
+                .map_err(st)?;
+            let at = index.revision();
+            let f = index
+                .engine
+                .lookup_resources(&r.tenant, &r.vault, &r.subject, &r.action, Timestamp::now())
+                .map_err(st)?;
+            Ok(Response::new(pb::LookupResourcesResponse {
+                grants: f.grants.iter().map(rule_to).collect(),
+                denials: f.denials.iter().map(rule_to).collect(),
+                conditional_grants: f.conditional_grants.iter().map(rule_to).collect(),
+                conditional_denials: f.conditional_denials.iter().map(rule_to).collect(),
+                suspended: f.suspended,
+                checked_at: token(at),
+            }))
+        })
+        .await
+    }
+
+    async fn lookup_subjects(
+        &self,
+        request: Request<pb::LookupSubjectsRequest>,
+    ) -> Result<Response<pb::LookupSubjectsResponse>, Status> {
+        observed(SVC, "LookupSubjects", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            tenant_field("tenant", &r.tenant)?;
+            caller.require_tenant(&r.tenant)?;
+            let mut v = crate::engine::Violations::new();
+            v.check("action", crate::engine::ids::check_action(&r.action));
+            v.check("resource", crate::engine::ids::check_resource(&r.resource));
+            let after = if r.page_token.is_empty() {
+                None
+            } else {
+                match hex::decode(&r.page_token).ok().and_then(|b| String::from_utf8(b).ok()) {
+                    Some(s) => Some(s),
+                    None => {
+                        v.push("page_token", "must be a page token returned by the previous page");
+                        None
+                    }
+                }
+            };
+            v.into_result().map_err(st)?;
+            let limit = match r.page_size as usize {
+                0 => 100,
+                n => n.min(MAX_PAGE),
+            };
+            let index = self.state.index()?;
+            self.state
+                .consistency(index, r.consistency.as_ref())
+                .await
+                .map_err(st)?;
+            let at = index.revision();
+            let view = index.engine.view(&r.tenant, &r.vault).map_err(st)?;
+            let (action, resource) = (r.action.clone(), r.resource.clone());
+            let page = tokio::task::spawn_blocking(move || {
+                lookup_subjects_in(
+                    &view,
+                    &action,
+                    &resource,
+                    Timestamp::now(),
+                    PageRequest {
+                        after: after.as_deref(),
+                        limit,
+                    },
+                )
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(Response::new(pb::LookupSubjectsResponse {
+                subjects: page
+                    .subjects
+                    .into_iter()
+                    .map(|(s, p)| pb::LookedUpSubject {
+                        subject: s,
+                        conditional: p == Possibility::Conditional,
+                    })
+                    .collect(),
+                next_page_token: page.next_cursor.map(hex::encode).unwrap_or_default(),
+                checked_at: token(at),
+            }))
+        })
+        .await
+    }
+
+    async fn get_effective_permissions(
+        &self,
+        request: Request<pb::GetEffectivePermissionsRequest>,
+    ) -> Result<Response<pb::GetEffectivePermissionsResponse>, Status> {
+        observed(SVC, "GetEffectivePermissions", async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            tenant_field("tenant", &r.tenant)?;
+            caller.require_tenant(&r.tenant)?;
+            let index = self.state.index()?;
+            self.state
+                .consistency(index, r.consistency.as_ref())
+                .await
+                .map_err(st)?;
+            let at = index.revision();
+            let eff = index
+                .engine
+                .effective_permissions(&r.tenant, &r.vault, &r.subject, Timestamp::now())
+                .map_err(st)?;
+            let statements = eff
+                .iter()
+                .map(|e| {
+                    let (bt, bv) = scope_strings(&crate::engine::Scope {
+                        tenant: e.binding.tenant.clone(),
+                        vault: e.binding.vault.clone(),
+                    });
+                    let (dt, dv) = scope_strings(&e.defined_in);
+                    pb::EffectiveStatement {
+                        statement: Some(statement_to(&e.statement)),
+                        binding_id: e.binding.id.clone(),
+                        binding_tenant: bt,
+                        binding_vault: bv,
+                        binding_scope: e.binding.scope.clone(),
+                        binding_condition: e.binding.condition.clone().unwrap_or_default(),
+                        not_before: e.binding.not_before.map(ts_to),
+                        expires_at: e.binding.expires_at.map(ts_to),
+                        principal: e.principal.clone(),
+                        group_path: e.group_path.clone(),
+                        role: e
+                            .role
+                            .as_ref()
+                            .map(|k| k.name.to_string())
+                            .unwrap_or_else(|| "inline".into()),
+                        role_path: e.role_path.iter().map(role_key).collect(),
+                        defined_tenant: dt,
+                        defined_vault: dv,
+                        active: e.active,
+                        source: source_to(e.binding.source),
+                    }
+                })
+                .collect();
+            Ok(Response::new(pb::GetEffectivePermissionsResponse {
+                statements,
+                checked_at: token(at),
+            }))
+        })
+        .await
+    }
+}

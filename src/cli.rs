@@ -1,0 +1,685 @@
+//! The command line: `serve`, and the client commands that talk to a
+//! server (`check`, `apply`, `import`, `export`), plus `hash-key`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use portcullis_proto::v1 as pb;
+use portcullis_proto::v1::admin_service_client::AdminServiceClient;
+use portcullis_proto::v1::permission_service_client::PermissionServiceClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::api::auth::Keys;
+use crate::api::convert;
+use crate::engine::ids::{TenantId, VaultName};
+use crate::engine::model::{Labels, Source};
+use crate::manifest::{self, Document};
+use crate::server::{ServeOptions, TlsFiles};
+use crate::store::Backend;
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A gRPC authorization service: tenants, vaults, roles, bindings."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "PORTCULLIS_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Check one permission.
+    Check(CheckArgs),
+    /// Apply manifests (Tenant, Vault, Role, Binding, Membership documents).
+    Apply(ApplyArgs),
+    /// Load roles, bindings and memberships from a manifest into a vault.
+    Import(ImportArgs),
+    /// Write a vault, its roles, bindings and memberships as a manifest.
+    Export(ExportArgs),
+    /// Print the SHA-256 of an API key secret, for the keys file.
+    HashKey {
+        /// The secret.
+        secret: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    Embedded,
+    Memory,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// gRPC listen address.
+    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Prometheus metrics listen address.
+    #[arg(long, env = "PORTCULLIS_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
+    pub metrics_listen: SocketAddr,
+    /// The store backend.
+    #[arg(long, env = "PORTCULLIS_STORE", value_enum, default_value = "embedded")]
+    pub store: StoreKind,
+    /// Directory of the embedded store.
+    #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// YAML file of API keys; without it the server only listens on loopback, unauthenticated.
+    #[arg(long, env = "PORTCULLIS_AUTH_KEYS_FILE")]
+    pub auth_keys_file: Option<PathBuf>,
+    /// TLS certificate (PEM).
+    #[arg(long, env = "PORTCULLIS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "PORTCULLIS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to (mTLS).
+    #[arg(long, env = "PORTCULLIS_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// The longest a unary request may take, in seconds.
+    #[arg(long, env = "PORTCULLIS_REQUEST_TIMEOUT", default_value_t = 30)]
+    pub request_timeout: u64,
+    /// The longest a request waits for this replica to catch up to a consistency token, in milliseconds.
+    #[arg(long, env = "PORTCULLIS_CONSISTENCY_WAIT_MS", default_value_t = 5000)]
+    pub consistency_wait_ms: u64,
+    /// Largest accepted or sent message, in bytes.
+    #[arg(long, env = "PORTCULLIS_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
+    pub max_message_bytes: usize,
+    /// Seconds health reports NOT_SERVING before the listener closes on shutdown.
+    #[arg(long, env = "PORTCULLIS_DRAIN_DELAY", default_value_t = 0)]
+    pub drain_delay: u64,
+    #[command(flatten)]
+    pub jobs: crate::jobs::JobArgs,
+}
+
+impl ServeArgs {
+    pub fn options(&self) -> Result<ServeOptions> {
+        let keys = match &self.auth_keys_file {
+            Some(p) => Keys::load(p)?,
+            None => Keys::none(),
+        };
+        Ok(ServeOptions {
+            listen: self.listen,
+            metrics_listen: Some(self.metrics_listen),
+            backend: match self.store {
+                StoreKind::Embedded => Backend::Embedded {
+                    dir: self.data_dir.clone(),
+                },
+                StoreKind::Memory => Backend::Memory,
+            },
+            keys,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.client_ca.clone(),
+                }),
+                _ => None,
+            },
+            request_timeout: Duration::from_secs(self.request_timeout.max(1)),
+            max_message_bytes: self.max_message_bytes,
+            consistency_wait: Duration::from_millis(self.consistency_wait_ms),
+            drain_delay: Duration::from_secs(self.drain_delay),
+            jobs: self.jobs.options(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The server.
+    #[arg(long, env = "PORTCULLIS_ENDPOINT", default_value = "http://127.0.0.1:50051")]
+    pub endpoint: String,
+    /// API key secret, sent as 'authorization: Bearer <token>'.
+    #[arg(long, env = "PORTCULLIS_TOKEN")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub tenant: String,
+    #[arg(long)]
+    pub vault: String,
+    #[arg(long)]
+    pub subject: String,
+    #[arg(long)]
+    pub action: String,
+    #[arg(long)]
+    pub resource: String,
+    /// Request attributes as a JSON object, for conditions' `context`.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Print which statements applied.
+    #[arg(long)]
+    pub explain: bool,
+    /// Wait until the server has caught up to this revision token.
+    #[arg(long)]
+    pub at_least_as_fresh: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Manifest file ('-' for standard input).
+    #[arg(short = 'f', long = "filename")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub tenant: String,
+    #[arg(long)]
+    pub vault: String,
+    /// Manifest of Role, Binding and Membership documents (as `export` writes).
+    #[arg(short = 'f', long = "filename")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub tenant: String,
+    #[arg(long)]
+    pub vault: String,
+    /// Output file; standard output when omitted.
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+pub async fn connect(c: &ClientArgs) -> Result<(Channel, Bearer)> {
+    let channel = Endpoint::from_shared(c.endpoint.clone())
+        .with_context(|| format!("invalid endpoint {}", c.endpoint))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {}", c.endpoint))?;
+    let bearer = Bearer(match &c.token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .context("the token must be printable ASCII")?,
+        ),
+        None => None,
+    });
+    Ok((channel, bearer))
+}
+
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+fn read_input(p: &PathBuf) -> Result<String> {
+    if p.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let opts = args.options()?;
+            crate::server::run(opts).await?;
+            Ok(())
+        }
+        Command::Check(a) => check(a).await,
+        Command::Apply(a) => apply(a).await,
+        Command::Import(a) => import(a).await,
+        Command::Export(a) => export(a).await,
+        Command::HashKey { secret } => {
+            println!("{}", Keys::hash(&secret));
+            Ok(())
+        }
+    }
+}
+
+async fn check(a: CheckArgs) -> Result<()> {
+    let (ch, bearer) = connect(&a.client).await?;
+    let mut client = PermissionServiceClient::with_interceptor(ch, bearer);
+    let context = match &a.context {
+        Some(j) => {
+            let v: serde_json::Value = serde_json::from_str(j).context("--context must be a JSON object")?;
+            let Some(m) = v.as_object() else {
+                bail!("--context must be a JSON object")
+            };
+            Some(convert::json_to_struct(m))
+        }
+        None => None,
+    };
+    let consistency = a.at_least_as_fresh.map(|t| pb::Consistency {
+        requirement: Some(pb::consistency::Requirement::AtLeastAsFresh(t)),
+    });
+    let resp = client
+        .check_permission(pb::CheckPermissionRequest {
+            tenant: a.tenant,
+            vault: a.vault,
+            subject: a.subject,
+            action: a.action,
+            resource: a.resource,
+            context,
+            consistency,
+            explain: a.explain,
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let decision = pb::Decision::try_from(resp.decision)
+        .map(|d| d.as_str_name())
+        .unwrap_or("?");
+    let reason = pb::Reason::try_from(resp.reason)
+        .map(|r| r.as_str_name())
+        .unwrap_or("?");
+    println!(
+        "{} ({reason}) at {}",
+        decision.trim_start_matches("DECISION_"),
+        resp.checked_at
+    );
+    if let Some(ex) = resp.explanation {
+        if !ex.suspended_by.is_empty() {
+            println!("  tenant {} is suspended", ex.suspended_by);
+        }
+        for e in ex.entries {
+            let effect = pb::Effect::try_from(e.effect).map(|x| x.as_str_name()).unwrap_or("?");
+            let stmt = if e.sid.is_empty() {
+                format!("#{}", e.index)
+            } else {
+                e.sid.clone()
+            };
+            let scope = if e.binding_vault.is_empty() {
+                e.binding_tenant.clone()
+            } else {
+                format!("{}:{}", e.binding_tenant, e.binding_vault)
+            };
+            let outcome = if e.message.is_empty() {
+                String::new()
+            } else {
+                format!(" CONDITION_ERROR: {}", e.message)
+            };
+            println!(
+                "  {} binding {} ({scope}) via {} role {} statement {stmt}{}{outcome}",
+                effect.trim_start_matches("EFFECT_"),
+                e.binding_id,
+                e.group_path.join(" > "),
+                e.role,
+                if e.counted { "" } else { " (not counted)" }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Applies documents in dependency order: tenants (parents first), vaults,
+/// roles, then bindings and memberships.
+pub async fn apply_documents(client: &mut AdminServiceClient<Authed>, docs: &[Document]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut tenants: Vec<&Document> = docs.iter().filter(|d| matches!(d, Document::Tenant { .. })).collect();
+    tenants.sort_by_key(|d| match d {
+        Document::Tenant { metadata, .. } => metadata.name.matches('.').count(),
+        _ => 0,
+    });
+    let labels = Labels::new();
+    for d in tenants {
+        let Document::Tenant { metadata, spec, .. } = d else {
+            continue;
+        };
+        let t = manifest::tenant_of(&metadata.name, spec, &labels)
+            .map_err(|e| anyhow::anyhow!("Tenant {}: {e}", metadata.name))?;
+        let r = client
+            .apply_tenant(pb::ApplyTenantRequest {
+                tenant: Some(convert::tenant_to(&t, 0, None)),
+                expected_revision: String::new(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("Tenant {}: {}", metadata.name, status_err(s)))?
+            .into_inner();
+        out.push(format!(
+            "tenant {} {} at {}",
+            t.id,
+            if r.changed { "applied" } else { "unchanged" },
+            r.revision
+        ));
+    }
+    for d in docs {
+        let Document::Vault { metadata, spec, .. } = d else {
+            continue;
+        };
+        let vault = pb::Vault {
+            tenant: manifest::tenant_id_of_name(&spec.tenant),
+            name: metadata.name.clone(),
+            display_name: spec.display_name.clone(),
+            labels: Default::default(),
+            revision: String::new(),
+        };
+        let r = client
+            .apply_vault(pb::ApplyVaultRequest {
+                vault: Some(vault),
+                expected_revision: String::new(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("Vault {}: {}", metadata.name, status_err(s)))?
+            .into_inner();
+        out.push(format!(
+            "vault {} {} at {}",
+            metadata.name,
+            if r.changed { "applied" } else { "unchanged" },
+            r.revision
+        ));
+    }
+    for d in docs {
+        let Document::Role { metadata, spec, .. } = d else {
+            continue;
+        };
+        let role = manifest::role_of(&metadata.name, spec, &labels)
+            .map_err(|e| anyhow::anyhow!("Role {}: {e}", metadata.name))?;
+        let r = client
+            .apply_role(pb::ApplyRoleRequest {
+                role: Some(convert::role_to(&role, 0)),
+                expected_revision: String::new(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("Role {}: {}", metadata.name, status_err(s)))?
+            .into_inner();
+        out.push(format!(
+            "role {} {} at {}",
+            role.name,
+            if r.changed { "applied" } else { "unchanged" },
+            r.revision
+        ));
+    }
+    // Bindings and memberships, grouped by scope.
+    let mut bindings: Vec<(String, String, Vec<pb::Binding>)> = Vec::new();
+    let mut memberships: Vec<(String, String, Vec<pb::Membership>)> = Vec::new();
+    let mut add_b =
+        |t: String, v: String, b: pb::Binding| match bindings.iter_mut().find(|(a, c, _)| *a == t && *c == v) {
+            Some((_, _, l)) => l.push(b),
+            None => bindings.push((t, v, vec![b])),
+        };
+    let mut add_m =
+        |t: String, v: String, m: pb::Membership| match memberships.iter_mut().find(|(a, c, _)| *a == t && *c == v) {
+            Some((_, _, l)) => l.push(m),
+            None => memberships.push((t, v, vec![m])),
+        };
+    for d in docs {
+        match d {
+            Document::Vault { metadata, spec, .. } => {
+                let tid = TenantId::parse(&manifest::tenant_id_of_name(&spec.tenant))
+                    .map_err(|e| anyhow::anyhow!("Vault {}: spec.tenant: {e}", metadata.name))?;
+                let vn = VaultName::parse(&metadata.name)
+                    .map_err(|e| anyhow::anyhow!("Vault {}: metadata.name: {e}", metadata.name))?;
+                for (i, b) in spec.bindings.iter().enumerate() {
+                    let b =
+                        manifest::binding_of(&format!("spec.bindings[{i}]"), &tid, Some(&vn), b, Source::Api, &labels)
+                            .map_err(|e| anyhow::anyhow!("Vault {}: {e}", metadata.name))?;
+                    add_b(tid.to_string(), vn.to_string(), convert::binding_to(&b));
+                }
+                for (i, m) in spec.memberships.iter().enumerate() {
+                    for m in
+                        manifest::memberships_of(&format!("spec.memberships[{i}]"), &tid, Some(&vn), m, Source::Api)
+                            .map_err(|e| anyhow::anyhow!("Vault {}: {e}", metadata.name))?
+                    {
+                        add_m(tid.to_string(), vn.to_string(), convert::membership_to(&m));
+                    }
+                }
+            }
+            Document::Binding { spec, .. } => {
+                let tid = TenantId::parse(&manifest::tenant_id_of_name(&spec.tenant))
+                    .map_err(|e| anyhow::anyhow!("Binding: spec.tenant: {e}"))?;
+                let vn = spec
+                    .vault
+                    .as_deref()
+                    .filter(|v| !v.is_empty())
+                    .map(VaultName::parse)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("Binding: spec.vault: {e}"))?;
+                let b = manifest::binding_of("spec", &tid, vn.as_ref(), &spec.binding, Source::Api, &labels)
+                    .map_err(|e| anyhow::anyhow!("Binding: {e}"))?;
+                add_b(
+                    tid.to_string(),
+                    vn.map(|v| v.to_string()).unwrap_or_default(),
+                    convert::binding_to(&b),
+                );
+            }
+            Document::Membership { spec, .. } => {
+                let tid = TenantId::parse(&manifest::tenant_id_of_name(&spec.tenant))
+                    .map_err(|e| anyhow::anyhow!("Membership: spec.tenant: {e}"))?;
+                let vn = spec
+                    .vault
+                    .as_deref()
+                    .filter(|v| !v.is_empty())
+                    .map(VaultName::parse)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("Membership: spec.vault: {e}"))?;
+                for m in manifest::memberships_of("spec", &tid, vn.as_ref(), &spec.membership, Source::Api)
+                    .map_err(|e| anyhow::anyhow!("Membership: {e}"))?
+                {
+                    add_m(
+                        tid.to_string(),
+                        vn.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                        convert::membership_to(&m),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    for (t, v, list) in memberships {
+        for chunk in list.chunks(crate::repo::MAX_WRITE_BATCH) {
+            let r = client
+                .write_memberships(pb::WriteMembershipsRequest {
+                    tenant: t.clone(),
+                    vault: v.clone(),
+                    upserts: chunk.to_vec(),
+                    deletes: vec![],
+                    replace_source: 0,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            out.push(format!(
+                "{} memberships in {t}:{v} written at {}",
+                r.upserted, r.written_at
+            ));
+        }
+    }
+    for (t, v, list) in bindings {
+        for chunk in list.chunks(crate::repo::MAX_WRITE_BATCH) {
+            let r = client
+                .write_bindings(pb::WriteBindingsRequest {
+                    tenant: t.clone(),
+                    vault: v.clone(),
+                    upserts: chunk.to_vec(),
+                    deletes: vec![],
+                    replace_source: 0,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let scope = if v.is_empty() { t.clone() } else { format!("{t}:{v}") };
+            out.push(format!(
+                "{} bindings in {scope} written at {}",
+                r.upserted, r.written_at
+            ));
+        }
+    }
+    Ok(out)
+}
+
+async fn apply(a: ApplyArgs) -> Result<()> {
+    let text = read_input(&a.file)?;
+    let docs = manifest::parse_documents(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.file.display()))?;
+    let (ch, bearer) = connect(&a.client).await?;
+    let mut client = AdminServiceClient::with_interceptor(ch, bearer);
+    for line in apply_documents(&mut client, &docs).await? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+async fn import(a: ImportArgs) -> Result<()> {
+    let text = read_input(&a.file)?;
+    let docs = manifest::parse_documents(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.file.display()))?;
+    let tid = TenantId::parse(&a.tenant).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
+    let vn = VaultName::parse(&a.vault).map_err(|e| anyhow::anyhow!("--vault: {e}"))?;
+    let labels = Labels::new();
+    let mut items = Vec::new();
+    for d in &docs {
+        use pb::import_vault_request::Item;
+        match d {
+            Document::Role { metadata, spec, .. } => {
+                let mut spec = spec.clone();
+                spec.tenant = manifest::tenant_name_of_id(tid.as_str());
+                spec.vault = Some(vn.to_string());
+                let r = manifest::role_of(&metadata.name, &spec, &labels)
+                    .map_err(|e| anyhow::anyhow!("Role {}: {e}", metadata.name))?;
+                items.push(Item::Role(convert::role_to(&r, 0)));
+            }
+            Document::Binding { spec, .. } => {
+                let b = manifest::binding_of("spec", &tid, Some(&vn), &spec.binding, Source::Api, &labels)
+                    .map_err(|e| anyhow::anyhow!("Binding: {e}"))?;
+                items.push(Item::Binding(convert::binding_to(&b)));
+            }
+            Document::Membership { spec, .. } => {
+                for m in manifest::memberships_of("spec", &tid, Some(&vn), &spec.membership, Source::Api)
+                    .map_err(|e| anyhow::anyhow!("Membership: {e}"))?
+                {
+                    items.push(Item::Membership(convert::membership_to(&m)));
+                }
+            }
+            _ => {}
+        }
+    }
+    let (ch, bearer) = connect(&a.client).await?;
+    let mut client = AdminServiceClient::with_interceptor(ch, bearer);
+    let (tenant, vault) = (a.tenant.clone(), a.vault.clone());
+    let stream = tokio_stream::iter(
+        items
+            .into_iter()
+            .enumerate()
+            .map(move |(i, item)| pb::ImportVaultRequest {
+                tenant: if i == 0 { tenant.clone() } else { String::new() },
+                vault: if i == 0 { vault.clone() } else { String::new() },
+                item: Some(item),
+            }),
+    );
+    let r = client.import_vault(stream).await.map_err(status_err)?.into_inner();
+    println!(
+        "imported {} roles, {} bindings, {} memberships at {}",
+        r.roles, r.bindings, r.memberships, r.written_at
+    );
+    Ok(())
+}
+
+async fn export(a: ExportArgs) -> Result<()> {
+    use tokio_stream::StreamExt;
+    let (ch, bearer) = connect(&a.client).await?;
+    let mut client = AdminServiceClient::with_interceptor(ch, bearer);
+    let mut stream = client
+        .export_vault(pb::ExportVaultRequest {
+            tenant: a.tenant.clone(),
+            vault: a.vault.clone(),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let mut docs = Vec::new();
+    let tenant_name = manifest::tenant_name_of_id(&a.tenant);
+    let mut revision = String::new();
+    while let Some(item) = stream.next().await {
+        let item = item.map_err(status_err)?;
+        revision = item.revision.clone();
+        use pb::export_vault_response::Item;
+        match item.item {
+            Some(Item::Vault(v)) => docs.push(Document::Vault {
+                api_version: manifest::API_VERSION.into(),
+                metadata: manifest::Metadata {
+                    name: v.name,
+                    ..Default::default()
+                },
+                spec: manifest::VaultSpec {
+                    tenant: tenant_name.clone(),
+                    display_name: v.display_name,
+                    ..Default::default()
+                },
+            }),
+            Some(Item::Role(r)) => {
+                let role = convert::role_from(&r, "role").map_err(|e| anyhow::anyhow!("{e}"))?;
+                docs.push(manifest::role_doc(&role));
+            }
+            Some(Item::Binding(b)) => {
+                let b =
+                    convert::binding_from(&b, "binding", &a.tenant, &a.vault).map_err(|e| anyhow::anyhow!("{e}"))?;
+                docs.push(Document::Binding {
+                    api_version: manifest::API_VERSION.into(),
+                    metadata: Default::default(),
+                    spec: manifest::BindingDocSpec {
+                        tenant: tenant_name.clone(),
+                        vault: Some(a.vault.clone()),
+                        binding: manifest::binding_spec(&b),
+                    },
+                });
+            }
+            Some(Item::Membership(m)) => docs.push(Document::Membership {
+                api_version: manifest::API_VERSION.into(),
+                metadata: Default::default(),
+                spec: manifest::MembershipDocSpec {
+                    tenant: tenant_name.clone(),
+                    vault: Some(a.vault.clone()),
+                    membership: manifest::MembershipSpec {
+                        group: m.group,
+                        members: vec![m.member],
+                    },
+                },
+            }),
+            None => {}
+        }
+    }
+    let text = format!("# exported at {revision}\n{}", manifest::to_yaml(&docs));
+    match a.output {
+        Some(p) => std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(())
+}

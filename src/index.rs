@@ -1,0 +1,131 @@
+//! The live index: the engine's compiled views of every vault, loaded from
+//! the store at start and then fed from the changelog's feed, never rebuilt
+//! whole on a write.
+//!
+//! The index tracks the revision it has caught up to: every change committed
+//! at or before it is applied. Consistency requirements wait on it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::engine::Engine;
+use crate::error::{Result, ServiceError};
+use crate::repo::{Repo, token};
+use crate::telemetry;
+
+const FEED_PAGE: usize = 1000;
+/// A missed notification (another replica's commit on a shared store) is
+/// recovered by polling at this interval.
+const POLL: Duration = Duration::from_millis(500);
+
+pub struct LiveIndex {
+    pub engine: Engine,
+    repo: Arc<Repo>,
+    caught_up: watch::Sender<u64>,
+}
+
+impl LiveIndex {
+    /// Loads everything from the store (blocking).
+    pub fn load(repo: Arc<Repo>) -> Result<Arc<LiveIndex>> {
+        let (changes, version) = repo.load_all()?;
+        let engine = Engine::new();
+        engine.apply(version, &changes);
+        let index = Arc::new(LiveIndex {
+            engine,
+            repo,
+            caught_up: watch::channel(version).0,
+        });
+        telemetry::INDEX_REVISION.set(version as i64);
+        tracing::info!(revision = version, objects = changes.len(), "index loaded");
+        Ok(index)
+    }
+
+    /// The revision everything up to which is applied.
+    pub fn revision(&self) -> u64 {
+        *self.caught_up.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.caught_up.subscribe()
+    }
+
+    /// Applies the feed after the current revision (blocking). Returns the
+    /// new revision.
+    pub fn catch_up(&self) -> Result<u64> {
+        loop {
+            let from = self.revision();
+            let (entries, upto) = self.repo.read_feed(from, FEED_PAGE)?;
+            let full = entries.len() == FEED_PAGE;
+            for (version, changes) in &entries {
+                self.engine.apply(*version, changes);
+            }
+            let upto = upto.max(from);
+            self.engine.apply(upto, &[]);
+            self.caught_up.send_if_modified(|r| {
+                if upto > *r {
+                    *r = upto;
+                    true
+                } else {
+                    false
+                }
+            });
+            telemetry::INDEX_REVISION.set(upto as i64);
+            if !full {
+                return Ok(upto);
+            }
+        }
+    }
+
+    /// Follows the store until `shutdown` fires: applies new feed entries as
+    /// soon as a commit is announced, and polls in case an announcement was
+    /// missed.
+    pub fn spawn_tailer(self: &Arc<Self>, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        let mut commits = me.repo.store.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let known = *commits.borrow_and_update();
+                telemetry::STORE_REVISION.set(known as i64);
+                if known > me.revision() || known == 0 {
+                    let m = me.clone();
+                    match tokio::task::spawn_blocking(move || m.catch_up()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "catching up with the changelog failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => tracing::error!(error = %e, "index tailer task failed"),
+                    }
+                }
+                telemetry::INDEX_LAG.set(known.saturating_sub(me.revision()) as i64);
+                tokio::select! {
+                    _ = commits.changed() => {}
+                    _ = tokio::time::sleep(POLL) => {
+                        // A commit by another process on a shared store is
+                        // found by reading the feed.
+                        let m = me.clone();
+                        let _ = tokio::task::spawn_blocking(move || m.catch_up()).await;
+                    }
+                    _ = shutdown.changed() => return,
+                }
+            }
+        })
+    }
+
+    /// Waits until the index has caught up to `revision`, at most `limit`.
+    pub async fn wait_for(&self, revision: u64, limit: Duration) -> Result<u64> {
+        let mut rx = self.caught_up.subscribe();
+        let waited = tokio::time::timeout(limit, rx.wait_for(|r| *r >= revision)).await;
+        match waited {
+            Ok(Ok(r)) => Ok(*r),
+            _ => Err(ServiceError::Unavailable(format!(
+                "this replica's index is at revision {} and did not reach {} within {:?}; retry or use another replica",
+                token(self.revision()),
+                token(revision),
+                limit
+            ))),
+        }
+    }
+}

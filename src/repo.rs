@@ -1,0 +1,1077 @@
+//! The objects in the store: every admin write and read as a transaction
+//! over the keyspace, enforcing what needs other objects (parents exist,
+//! limits, inheritance cycles, dependents on delete), and the changelog
+//! every committed change is appended to.
+//!
+//! All functions are synchronous and retried on conflicts by
+//! [`store::run`]; async callers use a blocking thread.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::engine::ids::{self, RoleName, Subject, TenantId, VaultName, Violations};
+use crate::engine::model::*;
+use crate::engine::validate;
+use crate::error::{Result, ServiceError};
+use crate::store::{self, RangeOpts, Store, StoreError, Transaction, keyspace as ks, tuple};
+
+/// At most this many upserts and deletes in one WriteBindings or
+/// WriteMemberships call.
+pub const MAX_WRITE_BATCH: usize = 1000;
+/// Import transactions hold at most this many items (FoundationDB's 10 MB
+/// and 5 s limits stay far away).
+pub const IMPORT_CHUNK: usize = 500;
+pub const MAX_PAGE: usize = 1000;
+pub const DEFAULT_PAGE: usize = 100;
+
+/// An opaque revision token: `v1.` and the revision in hex.
+pub fn token(revision: u64) -> String {
+    format!("v1.{revision:016x}")
+}
+
+pub fn parse_token(field: &str, s: &str) -> Result<u64> {
+    s.strip_prefix("v1.")
+        .filter(|h| h.len() == 16)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .ok_or_else(|| {
+            ServiceError::invalid(
+                field,
+                format!(
+                    "must be a revision token returned by Portcullis (v1.<16 hex digits>), got {}",
+                    ids::quoted(s)
+                ),
+            )
+        })
+}
+
+/// `expected_revision`: empty = unconditional, `"0"` = must not exist, else a token.
+pub fn parse_expected(s: &str) -> Result<Option<u64>> {
+    match s {
+        "" => Ok(None),
+        "0" => Ok(Some(0)),
+        t => parse_token("expected_revision", t).map(Some),
+    }
+}
+
+fn page_size(n: u32) -> usize {
+    match n as usize {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    }
+}
+
+fn page_token_key(token: &str) -> Result<Option<Vec<u8>>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    hex::decode(token)
+        .map(Some)
+        .map_err(|_| ServiceError::invalid("page_token", "must be a page token returned by the previous page"))
+}
+
+fn corrupt(key: &[u8], e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Store(StoreError::Corrupt(format!("{}: {e}", hex::encode(key))))
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<(T, u64)> {
+    let (version, json) = ks::split_record(value).ok_or_else(|| corrupt(key, "record too short"))?;
+    let obj = serde_json::from_slice(json).map_err(|e| corrupt(key, e))?;
+    Ok((obj, version))
+}
+
+fn read<T: DeserializeOwned>(tx: &mut dyn Transaction, key: &[u8]) -> Result<Option<(T, u64)>> {
+    match tx.get(key)? {
+        Some(v) => decode(key, &v).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn write<T: Serialize>(tx: &mut dyn Transaction, key: &[u8], obj: &T) -> Result<()> {
+    let json = serde_json::to_vec(obj).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    tx.set_versionstamped_value(key, ks::record(&json), 0);
+    Ok(())
+}
+
+fn range_prefix(tx: &mut dyn Transaction, prefix: &[u8], opts: RangeOpts) -> Result<Vec<store::KeyValue>> {
+    let (b, e) = tuple::prefix_range(prefix);
+    Ok(tx.range(&b, &e, opts)?)
+}
+
+/// A page of a prefix range, after the key in `token`.
+fn page_of(tx: &mut dyn Transaction, prefix: &[u8], token: &str, size: u32) -> Result<(Vec<store::KeyValue>, String)> {
+    let (b, e) = tuple::prefix_range(prefix);
+    let begin = match page_token_key(token)? {
+        Some(mut k) if k.starts_with(prefix) => {
+            k.push(0);
+            k
+        }
+        Some(_) => return Err(ServiceError::invalid("page_token", "belongs to another listing")),
+        None => b,
+    };
+    let n = page_size(size);
+    let mut rows = tx.range(&begin, &e, RangeOpts::limit(n + 1))?;
+    let next = if rows.len() > n {
+        rows.truncate(n);
+        hex::encode(&rows[n - 1].0)
+    } else {
+        String::new()
+    };
+    Ok((rows, next))
+}
+
+fn scope_of(t: &TenantId, v: Option<&VaultName>) -> Scope {
+    Scope {
+        tenant: t.clone(),
+        vault: v.cloned(),
+    }
+}
+
+fn vs(v: Option<&VaultName>) -> Option<&str> {
+    v.map(|v| v.as_str())
+}
+
+/// Appends `changes` to the per-vault changelogs and the feed.
+pub fn append_changelog(tx: &mut dyn Transaction, changes: &[Change]) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut by_scope: BTreeMap<Scope, Vec<&Change>> = BTreeMap::new();
+    for c in changes {
+        by_scope.entry(c.scope()).or_default().push(c);
+    }
+    for (scope, cs) in by_scope {
+        let (key, off) = ks::log_entry(scope.tenant.as_str(), vs(scope.vault.as_ref()));
+        let json = serde_json::to_vec(&cs).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        tx.set_versionstamped_key(key, off, &json);
+    }
+    let (key, off) = ks::feed_entry();
+    let json = serde_json::to_vec(changes).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    tx.set_versionstamped_key(key, off, &json);
+    tx.set_versionstamped_value(&ks::feed_bump(), vec![0xff; 10], 0);
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub vaults: u64,
+    pub roles: u64,
+    pub bindings: u64,
+}
+
+const VAULTS: &str = "vaults";
+const ROLES: &str = "roles";
+const BINDINGS: &str = "bindings";
+
+fn usage(tx: &mut dyn Transaction, t: &str) -> Result<Usage> {
+    let mut u = Usage::default();
+    for (k, v) in range_prefix(tx, &ks::counts_of_tenant(t), RangeOpts::default())? {
+        let n = v.as_slice().try_into().map(i64::from_le_bytes).unwrap_or(0).max(0) as u64;
+        match tuple::decode(&k).as_deref().and_then(|e| e.last()) {
+            Some(tuple::Elem::Str(VAULTS)) => u.vaults += n,
+            Some(tuple::Elem::Str(ROLES)) => u.roles += n,
+            Some(tuple::Elem::Str(BINDINGS)) => u.bindings += n,
+            _ => {}
+        }
+    }
+    Ok(u)
+}
+
+fn check_limit(kind: &str, t: &Tenant, have: u64, adding: u64, max: u32) -> Result<()> {
+    if max > 0 && adding > 0 && have + adding > u64::from(max) {
+        return Err(ServiceError::ResourceExhausted(format!(
+            "tenant {} may hold at most {max} {kind} (limits.max_{kind}); it holds {have} and this write adds {adding}",
+            t.id
+        )));
+    }
+    Ok(())
+}
+
+fn expect_revision(what: &str, expected: Option<u64>, current: Option<u64>) -> Result<()> {
+    match (expected, current) {
+        (None, _) => Ok(()),
+        (Some(0), None) => Ok(()),
+        (Some(0), Some(c)) => Err(ServiceError::AlreadyExists(format!(
+            "{what} already exists at revision {} (expected_revision \"0\" requires that it does not)",
+            token(c)
+        ))),
+        (Some(e), Some(c)) if e == c => Ok(()),
+        (Some(e), Some(c)) => Err(ServiceError::Aborted(format!(
+            "{what} is at revision {}, not the expected {}",
+            token(c),
+            token(e)
+        ))),
+        (Some(e), None) => Err(ServiceError::Aborted(format!(
+            "{what} does not exist (expected revision {})",
+            token(e)
+        ))),
+    }
+}
+
+fn tenant_required(tx: &mut dyn Transaction, t: &TenantId, role: &str) -> Result<Tenant> {
+    read::<Tenant>(tx, &ks::tenant(t.as_str()))?
+        .map(|(t, _)| t)
+        .ok_or_else(|| {
+            ServiceError::FailedPrecondition(format!("tenant {t} does not exist; create it before its {role}"))
+        })
+}
+
+fn scope_required(tx: &mut dyn Transaction, t: &TenantId, v: Option<&VaultName>, what: &str) -> Result<Tenant> {
+    let tenant = tenant_required(tx, t, what)?;
+    if let Some(v) = v
+        && tx.get(&ks::vault(t.as_str(), v.as_str()))?.is_none()
+    {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "vault {v} does not exist in tenant {t}; create it before its {what}"
+        )));
+    }
+    Ok(tenant)
+}
+
+/// The result of an Apply: the stored object, its revision, whether it changed.
+#[derive(Debug, Clone)]
+pub struct Applied<T> {
+    pub object: T,
+    pub revision: u64,
+    pub changed: bool,
+}
+
+pub struct Repo {
+    pub store: Arc<dyn Store>,
+}
+
+impl Repo {
+    pub fn new(store: Arc<dyn Store>) -> Repo {
+        Repo { store }
+    }
+
+    fn run<T>(&self, body: impl FnMut(&mut dyn Transaction) -> Result<T>) -> Result<(T, u64)> {
+        store::run(&*self.store, body)
+    }
+
+    /// The store's id, created on first use.
+    pub fn store_id(&self) -> Result<String> {
+        let (id, _) = self.run(|tx| {
+            if let Some(v) = tx.get(&ks::store_id())? {
+                return String::from_utf8(v).map_err(|e| corrupt(&ks::store_id(), e));
+            }
+            let id = uuid::Uuid::new_v4().to_string();
+            tx.set(&ks::store_id(), id.as_bytes());
+            Ok(id)
+        })?;
+        Ok(id)
+    }
+
+    /// The latest committed version.
+    pub fn current_version(&self) -> Result<u64> {
+        let mut tx = self.store.begin()?;
+        Ok(tx.read_version()?)
+    }
+
+    // ---- tenants ----------------------------------------------------------
+
+    pub fn apply_tenant(&self, t: Tenant, expected: Option<u64>) -> Result<Applied<Tenant>> {
+        validate::tenant(&t)?;
+        let (r, version) = self.run(|tx| {
+            let key = ks::tenant(t.id.as_str());
+            let existing = read::<Tenant>(tx, &key)?;
+            expect_revision(
+                &format!("tenant {}", t.id),
+                expected,
+                existing.as_ref().map(|(_, r)| *r),
+            )?;
+            if let Some(p) = t.id.parent()
+                && tx.get(&ks::tenant(p.as_str()))?.is_none()
+            {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "parent tenant {p} does not exist; create it before {}",
+                    t.id
+                )));
+            }
+            if let Some((old, rev)) = existing
+                && old == t
+            {
+                return Ok(Some((old, rev)));
+            }
+            write(tx, &key, &t)?;
+            append_changelog(tx, &[Change::PutTenant(t.clone())])?;
+            Ok(None)
+        })?;
+        Ok(match r {
+            Some((object, revision)) => Applied {
+                object,
+                revision,
+                changed: false,
+            },
+            None => Applied {
+                object: t,
+                revision: version,
+                changed: true,
+            },
+        })
+    }
+
+    pub fn get_tenant(&self, id: &TenantId) -> Result<(Tenant, u64, Usage)> {
+        let (r, _) = self.run(|tx| {
+            let found = read::<Tenant>(tx, &ks::tenant(id.as_str()))?;
+            match found {
+                Some((t, rev)) => Ok((t, rev, usage(tx, id.as_str())?)),
+                None => Err(ServiceError::NotFound(format!("tenant {id} not found"))),
+            }
+        })?;
+        Ok(r)
+    }
+
+    pub fn list_tenants(
+        &self,
+        under: Option<&TenantId>,
+        page_token: &str,
+        size: u32,
+    ) -> Result<(Vec<(Tenant, u64)>, String)> {
+        let (r, _) = self.run(|tx| {
+            let prefix = ks::tenants();
+            let (b, e) = tuple::prefix_range(&prefix);
+            let begin = match page_token_key(page_token)? {
+                Some(mut k) => {
+                    k.push(0);
+                    k
+                }
+                None => match under {
+                    Some(u) => ks::tenant(u.as_str()),
+                    None => b.clone(),
+                },
+            };
+            let n = page_size(size);
+            let mut out = Vec::new();
+            let mut next = String::new();
+            let mut cursor = begin;
+            'scan: loop {
+                let rows = tx.range(&cursor, &e, RangeOpts::limit(n + 1))?;
+                if rows.is_empty() {
+                    break;
+                }
+                for (k, v) in &rows {
+                    let (t, rev): (Tenant, u64) = decode(k, v)?;
+                    if let Some(u) = under {
+                        if !t.id.is_within(u) {
+                            if t.id.as_str() > u.as_str() && !t.id.as_str().starts_with(u.as_str()) {
+                                break 'scan;
+                            }
+                            continue;
+                        }
+                    }
+                    if out.len() == n {
+                        next = hex::encode(&out_last_key(&out));
+                        break 'scan;
+                    }
+                    out.push((t, rev));
+                }
+                let mut last = rows.last().expect("non-empty").0.clone();
+                last.push(0);
+                cursor = last;
+            }
+            Ok((out, next))
+        })?;
+        Ok(r)
+    }
+
+    pub fn delete_tenant(&self, id: &TenantId, expected: Option<u64>) -> Result<u64> {
+        let (_, version) = self.run(|tx| {
+            let key = ks::tenant(id.as_str());
+            let Some((_, rev)) = read::<Tenant>(tx, &key)? else {
+                return Err(ServiceError::NotFound(format!("tenant {id} not found")));
+            };
+            expect_revision(&format!("tenant {id}"), expected, Some(rev))?;
+            let children = range_prefix(tx, &ks::tenant_children(id.as_str()), RangeOpts::limit(5))?;
+            let vaults = range_prefix(tx, &ks::vaults(id.as_str()), RangeOpts::limit(5))?;
+            if !children.is_empty() || !vaults.is_empty() {
+                let mut names: Vec<String> = Vec::new();
+                for (k, v) in &children {
+                    names.push(format!("tenant {}", decode::<Tenant>(k, v)?.0.id));
+                }
+                for (k, v) in &vaults {
+                    names.push(format!("vault {}", decode::<Vault>(k, v)?.0.name));
+                }
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "tenant {id} still has dependents ({}); delete them first",
+                    names.join(", ")
+                )));
+            }
+            self.clear_scope(tx, id, None)?;
+            tx.clear(&key);
+            let (b, e) = tuple::prefix_range(&ks::counts_of_tenant(id.as_str()));
+            tx.clear_range(&b, &e)?;
+            append_changelog(tx, &[Change::DeleteTenant { tenant: id.clone() }])?;
+            Ok(())
+        })?;
+        Ok(version)
+    }
+
+    /// Removes a scope's roles, bindings and memberships (with their indexes
+    /// and counters).
+    fn clear_scope(&self, tx: &mut dyn Transaction, t: &TenantId, v: Option<&VaultName>) -> Result<()> {
+        let (t, v) = (t.as_str(), vs(v));
+        for prefix in [
+            ks::roles(t, v),
+            ks::bindings(t, v),
+            ks::binding_index_of_scope(t, v),
+            ks::memberships(t, v),
+            ks::member_index_of_scope(t, v),
+            ks::counts_of_scope(t, v),
+        ] {
+            let (b, e) = tuple::prefix_range(&prefix);
+            tx.clear_range(&b, &e)?;
+        }
+        Ok(())
+    }
+
+    // ---- vaults -----------------------------------------------------------
+
+    pub fn apply_vault(&self, v: Vault, expected: Option<u64>) -> Result<Applied<Vault>> {
+        validate::vault(&v)?;
+        let (r, version) = self.run(|tx| {
+            let key = ks::vault(v.tenant.as_str(), v.name.as_str());
+            let existing = read::<Vault>(tx, &key)?;
+            expect_revision(
+                &format!("vault {} in tenant {}", v.name, v.tenant),
+                expected,
+                existing.as_ref().map(|(_, r)| *r),
+            )?;
+            let tenant = tenant_required(tx, &v.tenant, "vaults")?;
+            if let Some((old, rev)) = existing {
+                if old == v {
+                    return Ok(Some((old, rev)));
+                }
+            } else {
+                let u = usage(tx, v.tenant.as_str())?;
+                check_limit(VAULTS, &tenant, u.vaults, 1, tenant.limits.max_vaults)?;
+                tx.atomic_add(&ks::count(v.tenant.as_str(), Some(v.name.as_str()), VAULTS), 1);
+            }
+            write(tx, &key, &v)?;
+            append_changelog(tx, &[Change::PutVault(v.clone())])?;
+            Ok(None)
+        })?;
+        Ok(match r {
+            Some((object, revision)) => Applied {
+                object,
+                revision,
+                changed: false,
+            },
+            None => Applied {
+                object: v,
+                revision: version,
+                changed: true,
+            },
+        })
+    }
+
+    pub fn get_vault(&self, t: &TenantId, name: &VaultName) -> Result<(Vault, u64)> {
+        let (r, _) = self.run(|tx| {
+            read::<Vault>(tx, &ks::vault(t.as_str(), name.as_str()))?
+                .ok_or_else(|| ServiceError::NotFound(format!("vault {name} not found in tenant {t}")))
+        })?;
+        Ok(r)
+    }
+
+    pub fn list_vaults(&self, t: &TenantId, page_token: &str, size: u32) -> Result<(Vec<(Vault, u64)>, String)> {
+        let (r, _) = self.run(|tx| {
+            let (rows, next) = page_of(tx, &ks::vaults(t.as_str()), page_token, size)?;
+            let items = rows.iter().map(|(k, v)| decode(k, v)).collect::<Result<Vec<_>>>()?;
+            Ok((items, next))
+        })?;
+        Ok(r)
+    }
+
+    pub fn delete_vault(&self, t: &TenantId, name: &VaultName, expected: Option<u64>) -> Result<u64> {
+        let (_, version) = self.run(|tx| {
+            let key = ks::vault(t.as_str(), name.as_str());
+            let Some((_, rev)) = read::<Vault>(tx, &key)? else {
+                return Err(ServiceError::NotFound(format!("vault {name} not found in tenant {t}")));
+            };
+            expect_revision(&format!("vault {name} in tenant {t}"), expected, Some(rev))?;
+            self.clear_scope(tx, t, Some(name))?;
+            tx.clear(&key);
+            append_changelog(
+                tx,
+                &[Change::DeleteVault {
+                    tenant: t.clone(),
+                    vault: name.clone(),
+                }],
+            )?;
+            Ok(())
+        })?;
+        Ok(version)
+    }
+
+    // ---- roles ------------------------------------------------------------
+
+    pub fn apply_role(&self, r: Role, expected: Option<u64>) -> Result<Applied<Role>> {
+        validate::role(&r)?;
+        let (res, version) = self.run(|tx| {
+            let key = ks::role(r.tenant.as_str(), vs(r.vault.as_ref()), r.name.as_str());
+            let existing = read::<Role>(tx, &key)?;
+            expect_revision(
+                &format!("role {}", r.name),
+                expected,
+                existing.as_ref().map(|(_, rv)| *rv),
+            )?;
+            let tenant = scope_required(tx, &r.tenant, r.vault.as_ref(), "roles")?;
+            let cycle = validate::inherits_cycle(&r, |scope, name| {
+                let k = ks::role(scope.tenant.as_str(), vs(scope.vault.as_ref()), name.as_str());
+                Ok::<_, ServiceError>(read::<Role>(tx, &k)?.map(|(role, _)| role.inherits))
+            })?;
+            if let Some(cycle) = cycle {
+                let path: Vec<String> = cycle.iter().map(|k| k.to_string()).collect();
+                return Err(ServiceError::invalid(
+                    "inherits",
+                    format!("would create an inheritance cycle: {}", path.join(" -> ")),
+                ));
+            }
+            if let Some((old, rev)) = existing {
+                if old == r {
+                    return Ok(Some((old, rev)));
+                }
+            } else {
+                let u = usage(tx, r.tenant.as_str())?;
+                check_limit(ROLES, &tenant, u.roles, 1, tenant.limits.max_roles)?;
+                tx.atomic_add(&ks::count(r.tenant.as_str(), vs(r.vault.as_ref()), ROLES), 1);
+            }
+            write(tx, &key, &r)?;
+            append_changelog(tx, &[Change::PutRole(r.clone())])?;
+            Ok(None)
+        })?;
+        Ok(match res {
+            Some((object, revision)) => Applied {
+                object,
+                revision,
+                changed: false,
+            },
+            None => Applied {
+                object: r,
+                revision: version,
+                changed: true,
+            },
+        })
+    }
+
+    pub fn get_role(&self, t: &TenantId, v: Option<&VaultName>, name: &RoleName) -> Result<(Role, u64)> {
+        let (r, _) = self.run(|tx| {
+            read::<Role>(tx, &ks::role(t.as_str(), vs(v), name.as_str()))?
+                .ok_or_else(|| ServiceError::NotFound(format!("role {name} not found in {}", scope_of(t, v))))
+        })?;
+        Ok(r)
+    }
+
+    pub fn list_roles(
+        &self,
+        t: &TenantId,
+        v: Option<&VaultName>,
+        page_token: &str,
+        size: u32,
+    ) -> Result<(Vec<(Role, u64)>, String)> {
+        let (r, _) = self.run(|tx| {
+            let (rows, next) = page_of(tx, &ks::roles(t.as_str(), vs(v)), page_token, size)?;
+            let items = rows.iter().map(|(k, val)| decode(k, val)).collect::<Result<Vec<_>>>()?;
+            Ok((items, next))
+        })?;
+        Ok(r)
+    }
+
+    pub fn delete_role(
+        &self,
+        t: &TenantId,
+        v: Option<&VaultName>,
+        name: &RoleName,
+        expected: Option<u64>,
+    ) -> Result<u64> {
+        let (_, version) = self.run(|tx| {
+            let key = ks::role(t.as_str(), vs(v), name.as_str());
+            let Some((_, rev)) = read::<Role>(tx, &key)? else {
+                return Err(ServiceError::NotFound(format!(
+                    "role {name} not found in {}",
+                    scope_of(t, v)
+                )));
+            };
+            expect_revision(&format!("role {name}"), expected, Some(rev))?;
+            tx.clear(&key);
+            tx.atomic_add(&ks::count(t.as_str(), vs(v), ROLES), -1);
+            append_changelog(
+                tx,
+                &[Change::DeleteRole {
+                    scope: scope_of(t, v),
+                    name: name.clone(),
+                }],
+            )?;
+            Ok(())
+        })?;
+        Ok(version)
+    }
+
+    // ---- bindings ---------------------------------------------------------
+
+    /// Upserts and deletes bindings of one scope atomically. With
+    /// `replace_source`, the scope's bindings from that source that are not
+    /// upserted are deleted too. Returns (upserted, deleted) and the version.
+    pub fn write_bindings(
+        &self,
+        t: &TenantId,
+        v: Option<&VaultName>,
+        upserts: &[Binding],
+        deletes: &[String],
+        replace_source: Option<Source>,
+    ) -> Result<((u32, u32), u64)> {
+        if upserts.len() + deletes.len() > MAX_WRITE_BATCH {
+            return Err(ServiceError::invalid(
+                "upserts",
+                format!(
+                    "at most {MAX_WRITE_BATCH} upserts and deletes in one call, got {}",
+                    upserts.len() + deletes.len()
+                ),
+            ));
+        }
+        let mut viol = Violations::new();
+        let mut ids = BTreeSet::new();
+        for (i, b) in upserts.iter().enumerate() {
+            if b.tenant != *t || b.vault.as_ref() != v {
+                viol.push(
+                    format!("upserts[{i}].vault"),
+                    "must belong to the request's tenant and vault",
+                );
+            }
+            if let Err(e) = validate::binding(b) {
+                for f in e.0 {
+                    viol.push(format!("upserts[{i}].{}", f.field), f.rule);
+                }
+            }
+            if !ids.insert(b.id.as_str()) {
+                viol.push(format!("upserts[{i}].id"), "appears twice in this request");
+            }
+        }
+        for (i, id) in deletes.iter().enumerate() {
+            viol.check(format!("deletes[{i}]"), ids::check_binding_id(id));
+        }
+        viol.into_result()?;
+        self.run(|tx| {
+            let tenant = scope_required(tx, t, v, "bindings")?;
+            let mut changes = Vec::new();
+            let mut added: i64 = 0;
+            let (mut up, mut del) = (0u32, 0u32);
+            let mut to_delete: BTreeSet<String> = deletes.iter().cloned().collect();
+            if let Some(src) = replace_source {
+                for (k, val) in range_prefix(tx, &ks::bindings(t.as_str(), vs(v)), RangeOpts::default())? {
+                    let (b, _): (Binding, u64) = decode(&k, &val)?;
+                    if b.source == src && !ids.contains(b.id.as_str()) {
+                        to_delete.insert(b.id);
+                    }
+                }
+            }
+            for b in upserts {
+                let key = ks::binding(t.as_str(), vs(v), &b.id);
+                let existing = read::<Binding>(tx, &key)?;
+                match &existing {
+                    Some((old, _)) if old == b => continue,
+                    Some((old, _)) => {
+                        tx.clear(&ks::binding_by_subject(
+                            t.as_str(),
+                            vs(v),
+                            old.subject.as_str(),
+                            &old.id,
+                        ));
+                    }
+                    None => added += 1,
+                }
+                write(tx, &key, b)?;
+                tx.set(
+                    &ks::binding_by_subject(t.as_str(), vs(v), b.subject.as_str(), &b.id),
+                    b"",
+                );
+                changes.push(Change::PutBinding(b.clone()));
+                up += 1;
+            }
+            for id in &to_delete {
+                if ids.contains(id.as_str()) {
+                    continue;
+                }
+                let key = ks::binding(t.as_str(), vs(v), id);
+                if let Some((old, _)) = read::<Binding>(tx, &key)? {
+                    tx.clear(&key);
+                    tx.clear(&ks::binding_by_subject(t.as_str(), vs(v), old.subject.as_str(), id));
+                    changes.push(Change::DeleteBinding {
+                        scope: scope_of(t, v),
+                        id: id.clone(),
+                    });
+                    added -= 1;
+                    del += 1;
+                }
+            }
+            if added > 0 {
+                let u = usage(tx, t.as_str())?;
+                check_limit(BINDINGS, &tenant, u.bindings, added as u64, tenant.limits.max_bindings)?;
+            }
+            if added != 0 {
+                tx.atomic_add(&ks::count(t.as_str(), vs(v), BINDINGS), added);
+            }
+            append_changelog(tx, &changes)?;
+            Ok((up, del))
+        })
+    }
+
+    pub fn list_bindings(
+        &self,
+        t: &TenantId,
+        v: Option<&VaultName>,
+        subject: Option<&Subject>,
+        source: Option<Source>,
+        page_token: &str,
+        size: u32,
+    ) -> Result<(Vec<Binding>, String)> {
+        let (r, _) = self.run(|tx| {
+            let mut out = Vec::new();
+            let n = page_size(size);
+            let prefix = match subject {
+                Some(s) => ks::bindings_by_subject(t.as_str(), vs(v), s.as_str()),
+                None => ks::bindings(t.as_str(), vs(v)),
+            };
+            let mut token = page_token.to_string();
+            loop {
+                let (rows, next) = page_of(tx, &prefix, &token, n as u32)?;
+                for (k, val) in &rows {
+                    let b: Binding = if subject.is_some() {
+                        let id = match tuple::decode(k).as_deref().and_then(|e| e.last()) {
+                            Some(tuple::Elem::Str(id)) => id.to_string(),
+                            _ => return Err(corrupt(k, "binding index key")),
+                        };
+                        match read::<Binding>(tx, &ks::binding(t.as_str(), vs(v), &id))? {
+                            Some((b, _)) => b,
+                            None => continue,
+                        }
+                    } else {
+                        decode::<Binding>(k, val)?.0
+                    };
+                    if source.is_none_or(|s| s == b.source) {
+                        out.push(b);
+                    }
+                }
+                // Filtering by source may leave a page short; keep reading
+                // until it is full or the range ends.
+                if next.is_empty() || out.len() >= n {
+                    let next = if out.len() >= n && !next.is_empty() {
+                        hex::encode(&rows.last().expect("rows").0)
+                    } else {
+                        next
+                    };
+                    return Ok((out, next));
+                }
+                token = next;
+            }
+        })?;
+        Ok(r)
+    }
+
+    // ---- memberships ------------------------------------------------------
+
+    pub fn write_memberships(
+        &self,
+        t: &TenantId,
+        v: Option<&VaultName>,
+        upserts: &[Membership],
+        deletes: &[Membership],
+        replace_source: Option<Source>,
+    ) -> Result<((u32, u32), u64)> {
+        if upserts.len() + deletes.len() > MAX_WRITE_BATCH {
+            return Err(ServiceError::invalid(
+                "upserts",
+                format!(
+                    "at most {MAX_WRITE_BATCH} upserts and deletes in one call, got {}",
+                    upserts.len() + deletes.len()
+                ),
+            ));
+        }
+        let mut viol = Violations::new();
+        for (field, list) in [("upserts", upserts), ("deletes", deletes)] {
+            for (i, m) in list.iter().enumerate() {
+                if m.tenant != *t || m.vault.as_ref() != v {
+                    viol.push(
+                        format!("{field}[{i}].vault"),
+                        "must belong to the request's tenant and vault",
+                    );
+                }
+                if let Err(e) = validate::membership(m) {
+                    for f in e.0 {
+                        viol.push(format!("{field}[{i}].{}", f.field), f.rule);
+                    }
+                }
+            }
+        }
+        viol.into_result()?;
+        let keep: BTreeSet<(&str, &str)> = upserts.iter().map(|m| (m.group.as_str(), m.member.as_str())).collect();
+        self.run(|tx| {
+            scope_required(tx, t, v, "memberships")?;
+            let mut changes = Vec::new();
+            let (mut up, mut del) = (0u32, 0u32);
+            let mut to_delete: Vec<Membership> = deletes.to_vec();
+            if let Some(src) = replace_source {
+                for (k, val) in range_prefix(tx, &ks::memberships(t.as_str(), vs(v)), RangeOpts::default())? {
+                    let (m, _): (Membership, u64) = decode(&k, &val)?;
+                    if m.source == src && !keep.contains(&(m.group.as_str(), m.member.as_str())) {
+                        to_delete.push(m);
+                    }
+                }
+            }
+            for m in upserts {
+                let key = ks::membership(t.as_str(), vs(v), m.group.as_str(), m.member.as_str());
+                if let Some((old, _)) = read::<Membership>(tx, &key)?
+                    && old == *m
+                {
+                    continue;
+                }
+                write(tx, &key, m)?;
+                tx.set(
+                    &ks::member_of(t.as_str(), vs(v), m.member.as_str(), m.group.as_str()),
+                    b"",
+                );
+                changes.push(Change::PutMembership(m.clone()));
+                up += 1;
+            }
+            for m in &to_delete {
+                if keep.contains(&(m.group.as_str(), m.member.as_str())) {
+                    continue;
+                }
+                let key = ks::membership(t.as_str(), vs(v), m.group.as_str(), m.member.as_str());
+                if tx.get(&key)?.is_some() {
+                    tx.clear(&key);
+                    tx.clear(&ks::member_of(t.as_str(), vs(v), m.member.as_str(), m.group.as_str()));
+                    changes.push(Change::DeleteMembership(m.clone()));
+                    del += 1;
+                }
+            }
+            append_changelog(tx, &changes)?;
+            Ok((up, del))
+        })
+    }
+
+    pub fn list_memberships(
+        &self,
+        t: &TenantId,
+        v: Option<&VaultName>,
+        group: Option<&Subject>,
+        member: Option<&Subject>,
+        page_token: &str,
+        size: u32,
+    ) -> Result<(Vec<Membership>, String)> {
+        let (r, _) = self.run(|tx| {
+            let (prefix, by_member) = match (group, member) {
+                (Some(g), _) => (ks::memberships_of_group(t.as_str(), vs(v), g.as_str()), false),
+                (None, Some(m)) => (ks::member_of_member(t.as_str(), vs(v), m.as_str()), true),
+                (None, None) => (ks::memberships(t.as_str(), vs(v)), false),
+            };
+            let (rows, next) = page_of(tx, &prefix, page_token, size)?;
+            let mut out = Vec::new();
+            for (k, val) in &rows {
+                if by_member {
+                    let g = match tuple::decode(k).as_deref().and_then(|e| e.last()) {
+                        Some(tuple::Elem::Str(g)) => g.to_string(),
+                        _ => return Err(corrupt(k, "membership index key")),
+                    };
+                    let m = member.expect("by member");
+                    if let Some((ms, _)) = read::<Membership>(tx, &ks::membership(t.as_str(), vs(v), &g, m.as_str()))? {
+                        out.push(ms);
+                    }
+                } else {
+                    let (m, _): (Membership, u64) = decode(k, val)?;
+                    if member.is_none_or(|x| *x == m.member) {
+                        out.push(m);
+                    }
+                }
+            }
+            Ok((out, next))
+        })?;
+        Ok(r)
+    }
+
+    // ---- import / export --------------------------------------------------
+
+    /// Everything in a vault at one revision: the vault, its roles, bindings
+    /// and memberships.
+    pub fn export_vault(&self, t: &TenantId, name: &VaultName) -> Result<(VaultExport, u64)> {
+        let (r, version) = self.run(|tx| {
+            let (vault, _) = read::<Vault>(tx, &ks::vault(t.as_str(), name.as_str()))?
+                .ok_or_else(|| ServiceError::NotFound(format!("vault {name} not found in tenant {t}")))?;
+            let v = Some(name.as_str());
+            let mut out = VaultExport {
+                vault,
+                roles: Vec::new(),
+                bindings: Vec::new(),
+                memberships: Vec::new(),
+            };
+            for (k, val) in range_prefix(tx, &ks::roles(t.as_str(), v), RangeOpts::default())? {
+                out.roles.push(decode::<Role>(&k, &val)?.0);
+            }
+            for (k, val) in range_prefix(tx, &ks::bindings(t.as_str(), v), RangeOpts::default())? {
+                out.bindings.push(decode::<Binding>(&k, &val)?.0);
+            }
+            for (k, val) in range_prefix(tx, &ks::memberships(t.as_str(), v), RangeOpts::default())? {
+                out.memberships.push(decode::<Membership>(&k, &val)?.0);
+            }
+            Ok(out)
+        })?;
+        Ok((r, version))
+    }
+
+    // ---- the index feed ---------------------------------------------------
+
+    /// Everything in the store as changes, for building an index, and the
+    /// version it was read at. Tailing the feed from that version afterwards
+    /// repairs anything a chunked read missed (changes are idempotent).
+    pub fn load_all(&self) -> Result<(Vec<Change>, u64)> {
+        let (changes, _) = self.run(|tx| {
+            let version = tx.read_version()?;
+            let mut changes = Vec::new();
+            let root = ks::root();
+            for (kind, prefix) in [("t", "t"), ("v", "v"), ("r", "r"), ("b", "b"), ("m", "m")] {
+                let p = root.clone().str(prefix).into_vec();
+                for (k, val) in range_prefix(
+                    tx,
+                    &p,
+                    RangeOpts {
+                        snapshot: true,
+                        ..Default::default()
+                    },
+                )? {
+                    changes.push(match kind {
+                        "t" => Change::PutTenant(decode(&k, &val)?.0),
+                        "v" => Change::PutVault(decode(&k, &val)?.0),
+                        "r" => Change::PutRole(decode(&k, &val)?.0),
+                        "b" => Change::PutBinding(decode(&k, &val)?.0),
+                        _ => Change::PutMembership(decode(&k, &val)?.0),
+                    });
+                }
+            }
+            Ok((changes, version))
+        })?;
+        Ok(changes)
+    }
+
+    /// Feed entries after `after`, oldest first, and the version read at.
+    pub fn read_feed(&self, after: u64, limit: usize) -> Result<(Vec<(u64, Vec<Change>)>, u64)> {
+        let (r, _) = self.run(|tx| {
+            let read_at = tx.read_version()?;
+            let (_, end) = tuple::prefix_range(&ks::feed());
+            let begin = ks::feed_at(after.saturating_add(1));
+            let rows = tx.range(
+                &begin,
+                &end,
+                RangeOpts {
+                    limit,
+                    snapshot: true,
+                    reverse: false,
+                },
+            )?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (k, v) in rows {
+                out.push((
+                    key_version(&k)?,
+                    serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?,
+                ));
+            }
+            // A full page may stop short of the read version.
+            let upto = if limit > 0 && out.len() == limit {
+                out.last().map(|(v, _)| *v).unwrap_or(after)
+            } else {
+                read_at
+            };
+            Ok((out, upto))
+        })?;
+        Ok(r)
+    }
+
+    /// Changelog entries of a scope (`vault` None with `whole_tenant` for
+    /// the tenant and all its vaults) after `after`.
+    pub fn read_log(
+        &self,
+        t: &TenantId,
+        v: Option<&VaultName>,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<(u64, Vec<Change>)>, u64)> {
+        let (r, _) = self.run(|tx| {
+            let read_at = tx.read_version()?;
+            let floor = log_floor(tx)?;
+            if after + 1 < floor {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "revision {} is older than the changelog retains (it starts at {}); re-read the current state and watch from its revision",
+                    token(after),
+                    token(floor)
+                )));
+            }
+            let mut out: Vec<(u64, Vec<Change>)> = Vec::new();
+            if v.is_none() {
+                // The whole tenant: its own log and every vault's (deleted
+                // vaults included), merged by version.
+                let begin = ks::root().str("log").str(t.as_str()).into_vec();
+                let (_, end) = tuple::prefix_range(&begin);
+                for (k, val) in tx.range(&begin, &end, RangeOpts { snapshot: true, ..Default::default() })? {
+                    let ver = key_version(&k)?;
+                    if ver > after {
+                        let cs: Vec<Change> = serde_json::from_slice(&val).map_err(|e| corrupt(&k, e))?;
+                        out.push((ver, cs));
+                    }
+                }
+                out.sort_by_key(|(ver, _)| *ver);
+                let mut merged: Vec<(u64, Vec<Change>)> = Vec::new();
+                for (ver, cs) in out {
+                    match merged.last_mut() {
+                        Some((lv, lcs)) if *lv == ver => lcs.extend(cs),
+                        _ => merged.push((ver, cs)),
+                    }
+                }
+                if limit > 0 && merged.len() > limit {
+                    merged.truncate(limit);
+                    let upto = merged.last().map(|x| x.0).unwrap_or(after);
+                    return Ok((merged, upto));
+                }
+                return Ok((merged, read_at));
+            }
+            let (_, end) = tuple::prefix_range(&ks::log_of_scope(t.as_str(), vs(v)));
+            let begin = ks::log_at(t.as_str(), vs(v), after.saturating_add(1));
+            for (k, val) in tx.range(&begin, &end, RangeOpts { limit, snapshot: true, reverse: false })? {
+                let cs: Vec<Change> = serde_json::from_slice(&val).map_err(|e| corrupt(&k, e))?;
+                out.push((key_version(&k)?, cs));
+            }
+            let upto = if limit > 0 && out.len() == limit { out.last().map(|x| x.0).unwrap_or(after) } else { read_at };
+            Ok((out, upto))
+        })?;
+        Ok(r)
+    }
+}
+
+fn out_last_key(out: &[(Tenant, u64)]) -> Vec<u8> {
+    out.last().map(|(t, _)| ks::tenant(t.id.as_str())).unwrap_or_default()
+}
+
+/// The oldest revision the changelog still holds.
+pub fn log_floor(tx: &mut dyn Transaction) -> Result<u64> {
+    Ok(tx
+        .get_snapshot(&ks::log_floor())?
+        .and_then(|v| v.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+/// The commit version in a versionstamped key's last element.
+pub fn key_version(k: &[u8]) -> Result<u64> {
+    match tuple::decode(k).as_deref().and_then(|e| e.last()) {
+        Some(tuple::Elem::Versionstamp(vs)) => Ok(tuple::versionstamp_version(vs)),
+        _ => Err(corrupt(k, "expected a versionstamped key")),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VaultExport {
+    pub vault: Vault,
+    pub roles: Vec<Role>,
+    pub bindings: Vec<Binding>,
+    pub memberships: Vec<Membership>,
+}

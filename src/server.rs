@@ -1,0 +1,329 @@
+//! Wiring: the one place the store, the index, the gRPC services, health,
+//! reflection, metrics, leadership and jobs are put together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_proto::v1::admin_service_server::AdminServiceServer;
+use portcullis_proto::v1::diagnostics_service_server::DiagnosticsServiceServer;
+use portcullis_proto::v1::permission_service_server::PermissionServiceServer;
+use portcullis_proto::v1::watch_service_server::WatchServiceServer;
+use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+
+use crate::api::admin::AdminApi;
+use crate::api::auth::{Keys, KeysError, Scope};
+use crate::api::diagnostics::DiagnosticsApi;
+use crate::api::permission::PermissionApi;
+use crate::api::watch::WatchApi;
+use crate::api::{AppState, LeaderStatus};
+use crate::error::ServiceError;
+use crate::index::LiveIndex;
+use crate::jobs::{self, JobOptions};
+use crate::repo::Repo;
+use crate::store::{self, Backend, StoreError};
+use crate::telemetry;
+
+pub const SERVICES: [&str; 4] = [
+    "portcullis.v1.PermissionService",
+    "portcullis.v1.AdminService",
+    "portcullis.v1.WatchService",
+    "portcullis.v1.DiagnosticsService",
+];
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Require client certificates signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub backend: Backend,
+    pub keys: Keys,
+    pub tls: Option<TlsFiles>,
+    /// The longest a unary request may take.
+    pub request_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub consistency_wait: Duration,
+    /// How long health reports NOT_SERVING before the listener closes on
+    /// shutdown, so load balancers stop sending first.
+    pub drain_delay: Duration,
+    pub jobs: JobOptions,
+}
+
+impl ServeOptions {
+    /// Loopback, in-memory, no auth, fast jobs: for tests.
+    pub fn for_tests() -> ServeOptions {
+        ServeOptions {
+            listen: "127.0.0.1:0".parse().expect("valid"),
+            metrics_listen: Some("127.0.0.1:0".parse().expect("valid")),
+            backend: Backend::Memory,
+            keys: Keys::none(),
+            tls: None,
+            request_timeout: Duration::from_secs(30),
+            max_message_bytes: 4 << 20,
+            consistency_wait: Duration::from_secs(5),
+            drain_delay: Duration::ZERO,
+            jobs: JobOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "refusing to serve without API keys on {0}: unauthenticated serving is allowed only on a loopback address; pass --auth-keys-file or listen on 127.0.0.1"
+    )]
+    Unauthenticated(SocketAddr),
+    #[error(transparent)]
+    Keys(#[from] KeysError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot prepare the store: {0}")]
+    Prepare(#[from] ServiceError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {error}")]
+    Bind { addr: SocketAddr, error: std::io::Error },
+    #[error("cannot install a signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// A started server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub state: Arc<AppState>,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    health: tonic_health::server::HealthReporter,
+    drain_delay: Duration,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Health to NOT_SERVING, wait the drain delay, stop accepting, let
+    /// in-flight calls finish, stop the background tasks.
+    pub async fn shutdown(self) {
+        for s in SERVICES.iter().chain(std::iter::once(&"")) {
+            self.health.set_service_status(*s, ServingStatus::NotServing).await;
+        }
+        tokio::time::sleep(self.drain_delay).await;
+        let _ = self.shutdown.send(true);
+        match self.server.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "server stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "server task failed"),
+            Ok(Ok(())) => {}
+        }
+        for b in self.background {
+            let _ = tokio::time::timeout(Duration::from_secs(5), b).await;
+        }
+        tracing::info!("stopped");
+    }
+
+    /// Resolves when the index is loaded and the server is SERVING.
+    pub async fn ready(&self) {
+        while self.state.index().is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn tls_config(t: &TlsFiles) -> Result<ServerTlsConfig, StartError> {
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| StartError::Tls(format!("cannot read {}: {e}", p.display())));
+    let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(read(&t.cert)?, read(&t.key)?));
+    if let Some(ca) = &t.client_ca {
+        cfg = cfg.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(cfg)
+}
+
+/// Opens the store, starts serving (health NOT_SERVING), loads the index in
+/// the background, then reports SERVING.
+pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
+    if !opts.keys.is_enabled() {
+        if !opts.listen.ip().is_loopback() {
+            return Err(StartError::Unauthenticated(opts.listen));
+        }
+        tracing::warn!(listen = %opts.listen, "serving WITHOUT authentication (loopback only); pass --auth-keys-file to require API keys");
+    }
+    let backend = opts.backend.clone();
+    let store = tokio::task::spawn_blocking(move || store::open(&backend))
+        .await
+        .map_err(|e| StoreError::Io(e.to_string()))??;
+    let repo = Arc::new(Repo::new(store.clone()));
+    let r2 = repo.clone();
+    let store_id = tokio::task::spawn_blocking(move || r2.store_id())
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))??;
+    let leader = Arc::new(LeaderStatus::default());
+    let state = Arc::new(AppState::new(
+        repo.clone(),
+        store_id.clone(),
+        opts.consistency_wait,
+        leader.clone(),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for s in SERVICES.iter().chain(std::iter::once(&"")) {
+        health.set_service_status(*s, ServingStatus::NotServing).await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(portcullis_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Tls(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(portcullis_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartError::Tls(format!("reflection: {e}")))?;
+
+    let max = opts.max_message_bytes;
+    let keys = &opts.keys;
+    let permission = InterceptedService::new(
+        PermissionServiceServer::new(PermissionApi { state: state.clone() })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        keys.interceptor(Some(Scope::Check)),
+    );
+    let admin = InterceptedService::new(
+        AdminServiceServer::new(AdminApi { state: state.clone() })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        keys.interceptor(Some(Scope::Admin)),
+    );
+    let watch_svc = InterceptedService::new(
+        WatchServiceServer::new(WatchApi { state: state.clone() }).max_encoding_message_size(max),
+        keys.interceptor(Some(Scope::Watch)),
+    );
+    let diagnostics = InterceptedService::new(
+        DiagnosticsServiceServer::new(DiagnosticsApi { state: state.clone() }),
+        keys.interceptor(None),
+    );
+
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|error| StartError::Bind {
+            addr: opts.listen,
+            error,
+        })?;
+    let addr = listener.local_addr().map_err(|error| StartError::Bind {
+        addr: opts.listen,
+        error,
+    })?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let mut builder = Server::builder()
+        .timeout(opts.request_timeout)
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)));
+    if let Some(t) = &opts.tls {
+        builder = builder
+            .tls_config(tls_config(t)?)
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+    }
+    let router = builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(permission)
+        .add_service(admin)
+        .add_service(watch_svc)
+        .add_service(diagnostics);
+    let mut srx = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        router
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = srx.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    tracing::info!(%addr, store = store.backend(), %store_id, "listening");
+
+    let metrics_addr = match opts.metrics_listen {
+        Some(m) => {
+            let mut mrx = shutdown_rx.clone();
+            let a = telemetry::serve_metrics(m, async move {
+                let _ = mrx.wait_for(|s| *s).await;
+            })
+            .await
+            .map_err(|error| StartError::Bind { addr: m, error })?;
+            tracing::info!(addr = %a, "metrics on /metrics");
+            Some(a)
+        }
+        None => None,
+    };
+
+    // Load the index, then serve, follow the changelog and run jobs.
+    let mut background = Vec::new();
+    {
+        let (state, health, repo, jobs_opts) = (state.clone(), health.clone(), repo.clone(), opts.jobs.clone());
+        let shutdown_rx = shutdown_rx.clone();
+        background.push(tokio::spawn(async move {
+            let r = repo.clone();
+            let index = loop {
+                let r = r.clone();
+                match tokio::task::spawn_blocking(move || LiveIndex::load(r)).await {
+                    Ok(Ok(index)) => break index,
+                    Ok(Err(e)) => tracing::error!(error = %e, "loading the index failed; retrying"),
+                    Err(e) => tracing::error!(error = %e, "loading the index failed; retrying"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if *shutdown_rx.borrow() {
+                    return;
+                }
+            };
+            state.set_index(index.clone());
+            let tailer = index.spawn_tailer(shutdown_rx.clone());
+            for s in SERVICES.iter().chain(std::iter::once(&"")) {
+                health.set_service_status(*s, ServingStatus::Serving).await;
+            }
+            tracing::info!("serving");
+            let jobs = jobs::spawn(repo, index, state.leader.clone(), jobs_opts, shutdown_rx);
+            let _ = tailer.await;
+            let _ = jobs.await;
+        }));
+    }
+
+    Ok(Running {
+        addr,
+        metrics_addr,
+        state,
+        shutdown: shutdown_tx,
+        server,
+        health,
+        drain_delay: opts.drain_delay,
+        background,
+    })
+}
+
+/// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn run(opts: ServeOptions) -> Result<(), StartError> {
+    let running = start(opts).await?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(StartError::Signal)?;
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+    running.shutdown().await;
+    Ok(())
+}
