@@ -27,6 +27,9 @@ pub const IMPORT_CHUNK: usize = 500;
 pub const MAX_PAGE: usize = 1000;
 pub const DEFAULT_PAGE: usize = 100;
 
+/// One commit's changes, at its revision.
+pub type LogEntry = (u64, Vec<Change>);
+
 /// An opaque revision token: `v1.` and the revision in hex.
 pub fn token(revision: u64) -> String {
     format!("v1.{revision:016x}")
@@ -354,16 +357,17 @@ impl Repo {
                 }
                 for (k, v) in &rows {
                     let (t, rev): (Tenant, u64) = decode(k, v)?;
-                    if let Some(u) = under {
-                        if !t.id.is_within(u) {
-                            if t.id.as_str() > u.as_str() && !t.id.as_str().starts_with(u.as_str()) {
-                                break 'scan;
-                            }
-                            continue;
+                    if let Some(u) = under
+                        && !t.id.is_within(u)
+                    {
+                        // Past every name starting with `u`: the subtree is done.
+                        if t.id.as_str() > u.as_str() && !t.id.as_str().starts_with(u.as_str()) {
+                            break 'scan;
                         }
+                        continue;
                     }
                     if out.len() == n {
-                        next = hex::encode(&out_last_key(&out));
+                        next = hex::encode(out_last_key(&out));
                         break 'scan;
                     }
                     out.push((t, rev));
@@ -955,7 +959,7 @@ impl Repo {
     }
 
     /// Feed entries after `after`, oldest first, and the version read at.
-    pub fn read_feed(&self, after: u64, limit: usize) -> Result<(Vec<(u64, Vec<Change>)>, u64)> {
+    pub fn read_feed(&self, after: u64, limit: usize) -> Result<(Vec<LogEntry>, u64)> {
         let (r, _) = self.run(|tx| {
             let read_at = tx.read_version()?;
             let (_, end) = tuple::prefix_range(&ks::feed());
@@ -995,7 +999,7 @@ impl Repo {
         v: Option<&VaultName>,
         after: u64,
         limit: usize,
-    ) -> Result<(Vec<(u64, Vec<Change>)>, u64)> {
+    ) -> Result<(Vec<LogEntry>, u64)> {
         let (r, _) = self.run(|tx| {
             let read_at = tx.read_version()?;
             let floor = log_floor(tx)?;

@@ -119,10 +119,16 @@ impl Running {
         }
         tokio::time::sleep(self.drain_delay).await;
         let _ = self.shutdown.send(true);
-        match self.server.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "server stopped with an error"),
-            Err(e) => tracing::error!(error = %e, "server task failed"),
-            Ok(Ok(())) => {}
+        // In-flight calls get a bounded time to finish.
+        let abort = self.server.abort_handle();
+        match tokio::time::timeout(Duration::from_secs(15), self.server).await {
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "server stopped with an error"),
+            Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => {
+                tracing::warn!("in-flight calls did not finish within 15s; closing them");
+                abort.abort();
+            }
         }
         for b in self.background {
             let _ = tokio::time::timeout(Duration::from_secs(5), b).await;
@@ -166,11 +172,13 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))??;
     let leader = Arc::new(LeaderStatus::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState::new(
         repo.clone(),
         store_id.clone(),
         opts.consistency_wait,
         leader.clone(),
+        shutdown_rx.clone(),
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -221,7 +229,6 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         addr: opts.listen,
         error,
     })?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let mut builder = Server::builder()
         .timeout(opts.request_timeout)

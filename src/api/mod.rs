@@ -32,6 +32,8 @@ pub struct AppState {
     /// The longest a request waits for the index to catch up to a token.
     pub consistency_wait: Duration,
     pub leader: Arc<LeaderStatus>,
+    /// Becomes true when the server starts shutting down.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Leadership as the diagnostics and health report it.
@@ -42,13 +44,20 @@ pub struct LeaderStatus {
 }
 
 impl AppState {
-    pub fn new(repo: Arc<Repo>, store_id: String, consistency_wait: Duration, leader: Arc<LeaderStatus>) -> AppState {
+    pub fn new(
+        repo: Arc<Repo>,
+        store_id: String,
+        consistency_wait: Duration,
+        leader: Arc<LeaderStatus>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> AppState {
         AppState {
             index: OnceLock::new(),
             repo,
             store_id,
             consistency_wait,
             leader,
+            shutdown,
         }
     }
 

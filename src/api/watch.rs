@@ -50,6 +50,7 @@ impl WatchService for WatchApi {
                 .map_err(st)?;
             let repo = self.state.repo.clone();
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::WatchResponse, Status>>(64);
+            let mut stopping = self.state.shutdown.clone();
             tokio::spawn(async move {
                 let mut commits = index.subscribe();
                 let mut batch = first;
@@ -71,6 +72,8 @@ impl WatchService for WatchApi {
                         r = commits.changed() => if r.is_err() { return },
                         _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                         _ = tx.closed() => return,
+                        // Streams end when the server shuts down, so draining finishes.
+                        _ = stopping.wait_for(|s| *s) => return,
                     }
                     let (repo2, tt, vv) = (repo.clone(), t.clone(), vn.clone());
                     match blocking(move || repo2.read_log(&tt, vv.as_ref(), after, PAGE)).await {

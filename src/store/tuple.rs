@@ -198,7 +198,7 @@ mod tests {
         assert!(a < child && child < other);
         let (b, e) = prefix_range(&Key::new().str_prefix("acme/").into_vec());
         assert!(child >= b && child < e);
-        assert!(!(other >= b && other < e) && !(a >= b && a < e));
+        assert!(!(other >= b && other < e || a >= b && a < e));
         assert!(Key::new().versionstamp(9).into_vec() < Key::new().versionstamp(10).into_vec());
     }
 
