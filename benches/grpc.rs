@@ -1,0 +1,197 @@
+//! Load generator: CheckPermission over gRPC on loopback against the
+//! org-10k dataset, at concurrency 1, 16 and 64, and in the same run a
+//! trivial unary RPC of the same size (DiagnosticsService.Echo) through the
+//! same stack. Server and load generator share one 2-worker runtime, as they
+//! share the machine's cores.
+//!
+//! `cargo bench --bench grpc` (`-- --seconds N` per measurement, default 5).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis::engine::Change;
+use portcullis::engine::dataset::{Dataset, Rng, Shape};
+use portcullis::engine::model::Source;
+use portcullis::repo::Repo;
+use portcullis::server::ServeOptions;
+use portcullis_proto::v1 as pb;
+use portcullis_proto::v1::diagnostics_service_client::DiagnosticsServiceClient;
+use portcullis_proto::v1::permission_service_client::PermissionServiceClient;
+use prost::Message;
+use tonic::transport::Channel;
+
+/// Loads the dataset through the repository, as the Admin API would, in
+/// batches of the API's size.
+fn load(repo: &Repo, ds: &Dataset) {
+    let mut bindings = Vec::new();
+    let mut memberships = Vec::new();
+    for c in &ds.changes {
+        match c {
+            Change::PutTenant(t) => {
+                repo.apply_tenant(t.clone(), None).expect("tenant");
+            }
+            Change::PutVault(v) => {
+                repo.apply_vault(v.clone(), None).expect("vault");
+            }
+            Change::PutRole(r) => {
+                repo.apply_role(r.clone(), None).expect("role");
+            }
+            Change::PutBinding(b) => bindings.push(b.clone()),
+            Change::PutMembership(m) => memberships.push(m.clone()),
+            _ => {}
+        }
+    }
+    let mut by_scope: std::collections::BTreeMap<(String, Option<String>), Vec<_>> = Default::default();
+    for m in memberships {
+        by_scope.entry((m.tenant.to_string(), m.vault.as_ref().map(|v| v.to_string()))).or_default().push(m);
+    }
+    for ((_, _), ms) in by_scope {
+        for chunk in ms.chunks(1000) {
+            let (t, v) = (chunk[0].tenant.clone(), chunk[0].vault.clone());
+            repo.write_memberships(&t, v.as_ref(), chunk, &[], None::<Source>).expect("memberships");
+        }
+    }
+    for chunk in bindings.chunks(1000) {
+        repo.write_bindings(&ds.tenant, Some(&ds.vault), chunk, &[], None).expect("bindings");
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+struct Figures {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn measure<F, Fut>(concurrency: usize, seconds: u64, make: F) -> Figures
+where
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let make = make.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = w * 1_000_003;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                make(i).await;
+                lat.push(t.elapsed());
+                i += 1;
+            }
+            lat
+        }));
+    }
+    let start = Instant::now();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("worker"));
+    }
+    let elapsed = start.elapsed();
+    all.sort_unstable();
+    Figures { rps: all.len() as f64 / elapsed.as_secs_f64(), p50: pct(&all, 0.5), p99: pct(&all, 0.99) }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let seconds: u64 = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async move {
+        let ds = Arc::new(Dataset::generate(Shape::ORG_10K, 42));
+        let srv = portcullis::server::start(ServeOptions { metrics_listen: None, ..ServeOptions::for_tests() })
+            .await
+            .expect("server");
+        srv.ready().await;
+        let t0 = Instant::now();
+        let repo = srv.state.repo.clone();
+        let d2 = ds.clone();
+        tokio::task::spawn_blocking(move || load(&repo, &d2)).await.expect("load");
+        // Wait for the index to catch up with the load.
+        let index = srv.state.index().expect("index").clone();
+        let rev = srv.state.repo.current_version().expect("version");
+        index.wait_for(rev, Duration::from_secs(120)).await.expect("caught up");
+        println!("loaded org-10k through the repository in {:.1}s", t0.elapsed().as_secs_f64());
+
+        // Several connections, as a client pool would have.
+        let mut channels: Vec<Channel> = Vec::new();
+        for _ in 0..4 {
+            channels.push(
+                tonic::transport::Endpoint::from_shared(format!("http://{}", srv.addr))
+                    .expect("endpoint")
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .expect("connect"),
+            );
+        }
+        let mut rng = Rng::new(9);
+        let queries: Arc<Vec<pb::CheckPermissionRequest>> = Arc::new(
+            (0..100_000)
+                .map(|_| {
+                    let q = ds.query(&mut rng);
+                    pb::CheckPermissionRequest {
+                        tenant: ds.tenant.to_string(),
+                        vault: ds.vault.to_string(),
+                        subject: q.subject,
+                        action: q.action,
+                        resource: q.resource,
+                        ..Default::default()
+                    }
+                })
+                .collect(),
+        );
+        let payload = vec![b'x'; queries[0].encoded_len()];
+        println!(
+            "CheckPermission request {} bytes, Echo payload {} bytes; {seconds}s per measurement",
+            queries[0].encoded_len(),
+            payload.len()
+        );
+        println!("{:<14} {:>12} {:>11} {:>11}   {:>12} {:>11} {:>11}   {:>6}", "concurrency", "check/s", "check p50", "check p99", "echo/s", "echo p50", "echo p99", "ratio");
+        for c in [1usize, 16, 64] {
+            let (chs, qs) = (channels.clone(), queries.clone());
+            let check = measure(c, seconds, move |i| {
+                let mut client = PermissionServiceClient::new(chs[i % chs.len()].clone());
+                let req = qs[i % qs.len()].clone();
+                async move {
+                    client.check_permission(req).await.expect("check");
+                }
+            })
+            .await;
+            let (chs, p) = (channels.clone(), payload.clone());
+            let echo = measure(c, seconds, move |i| {
+                let mut client = DiagnosticsServiceClient::new(chs[i % chs.len()].clone());
+                let req = pb::EchoRequest { payload: p.clone() };
+                async move {
+                    client.echo(req).await.expect("echo");
+                }
+            })
+            .await;
+            println!(
+                "{:<14} {:>12.0} {:>11} {:>11}   {:>12.0} {:>11} {:>11}   {:>5.0}%",
+                c,
+                check.rps,
+                ms(check.p50),
+                ms(check.p99),
+                echo.rps,
+                ms(echo.p50),
+                ms(echo.p99),
+                check.rps * 100.0 / echo.rps
+            );
+        }
+        srv.shutdown().await;
+    });
+}
