@@ -43,16 +43,21 @@ fn load(repo: &Repo, ds: &Dataset) {
     }
     let mut by_scope: std::collections::BTreeMap<(String, Option<String>), Vec<_>> = Default::default();
     for m in memberships {
-        by_scope.entry((m.tenant.to_string(), m.vault.as_ref().map(|v| v.to_string()))).or_default().push(m);
+        by_scope
+            .entry((m.tenant.to_string(), m.vault.as_ref().map(|v| v.to_string())))
+            .or_default()
+            .push(m);
     }
     for ((_, _), ms) in by_scope {
         for chunk in ms.chunks(1000) {
             let (t, v) = (chunk[0].tenant.clone(), chunk[0].vault.clone());
-            repo.write_memberships(&t, v.as_ref(), chunk, &[], None::<Source>).expect("memberships");
+            repo.write_memberships(&t, v.as_ref(), chunk, &[], None::<Source>)
+                .expect("memberships");
         }
     }
     for chunk in bindings.chunks(1000) {
-        repo.write_bindings(&ds.tenant, Some(&ds.vault), chunk, &[], None).expect("bindings");
+        repo.write_bindings(&ds.tenant, Some(&ds.vault), chunk, &[], None)
+            .expect("bindings");
     }
 }
 
@@ -98,7 +103,11 @@ where
     }
     let elapsed = start.elapsed();
     all.sort_unstable();
-    Figures { rps: all.len() as f64 / elapsed.as_secs_f64(), p50: pct(&all, 0.5), p99: pct(&all, 0.99) }
+    Figures {
+        rps: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: pct(&all, 0.5),
+        p99: pct(&all, 0.99),
+    }
 }
 
 fn main() {
@@ -109,22 +118,34 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async move {
         let ds = Arc::new(Dataset::generate(Shape::ORG_10K, 42));
-        let srv = portcullis::server::start(ServeOptions { metrics_listen: None, ..ServeOptions::for_tests() })
-            .await
-            .expect("server");
+        let srv = portcullis::server::start(ServeOptions {
+            metrics_listen: None,
+            ..ServeOptions::for_tests()
+        })
+        .await
+        .expect("server");
         srv.ready().await;
         let t0 = Instant::now();
         let repo = srv.state.repo.clone();
         let d2 = ds.clone();
-        tokio::task::spawn_blocking(move || load(&repo, &d2)).await.expect("load");
+        tokio::task::spawn_blocking(move || load(&repo, &d2))
+            .await
+            .expect("load");
         // Wait for the index to catch up with the load.
         let index = srv.state.index().expect("index").clone();
         let rev = srv.state.repo.current_version().expect("version");
         index.wait_for(rev, Duration::from_secs(120)).await.expect("caught up");
-        println!("loaded org-10k through the repository in {:.1}s", t0.elapsed().as_secs_f64());
+        println!(
+            "loaded org-10k through the repository in {:.1}s",
+            t0.elapsed().as_secs_f64()
+        );
 
         // Several connections, as a client pool would have.
         let mut channels: Vec<Channel> = Vec::new();
@@ -160,7 +181,10 @@ fn main() {
             queries[0].encoded_len(),
             payload.len()
         );
-        println!("{:<14} {:>12} {:>11} {:>11}   {:>12} {:>11} {:>11}   {:>6}", "concurrency", "check/s", "check p50", "check p99", "echo/s", "echo p50", "echo p99", "ratio");
+        println!(
+            "{:<14} {:>12} {:>11} {:>11}   {:>12} {:>11} {:>11}   {:>6}",
+            "concurrency", "check/s", "check p50", "check p99", "echo/s", "echo p50", "echo p99", "ratio"
+        );
         for c in [1usize, 16, 64] {
             let (chs, qs) = (channels.clone(), queries.clone());
             let check = measure(c, seconds, move |i| {
