@@ -65,6 +65,7 @@ pub enum Command {
 pub enum StoreKind {
     Embedded,
     Memory,
+    Foundationdb,
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +82,9 @@ pub struct ServeArgs {
     /// Directory of the embedded store.
     #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// FoundationDB cluster file, for `--store foundationdb`.
+    #[arg(long, env = "PORTCULLIS_FDB_CLUSTER_FILE", default_value = "/etc/foundationdb/fdb.cluster")]
+    pub fdb_cluster_file: PathBuf,
     /// YAML file of API keys; without it the server only listens on loopback, unauthenticated.
     #[arg(long, env = "PORTCULLIS_AUTH_KEYS_FILE")]
     pub auth_keys_file: Option<PathBuf>,
@@ -123,6 +127,7 @@ impl ServeArgs {
                     dir: self.data_dir.clone(),
                 },
                 StoreKind::Memory => Backend::Memory,
+                StoreKind::Foundationdb => Backend::FoundationDb { cluster_file: self.fdb_cluster_file.clone() },
             },
             keys,
             tls: match (&self.tls_cert, &self.tls_key) {
@@ -262,7 +267,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let opts = args.options()?;
-            crate::server::run(opts).await?;
+            let result = crate::server::run(opts).await;
+            #[cfg(feature = "fdb")]
+            crate::store::fdb::stop_network();
+            result?;
             Ok(())
         }
         Command::Check(a) => check(a).await,

@@ -930,32 +930,37 @@ impl Repo {
     /// version it was read at. Tailing the feed from that version afterwards
     /// repairs anything a chunked read missed (changes are idempotent).
     pub fn load_all(&self) -> Result<(Vec<Change>, u64)> {
-        let (changes, _) = self.run(|tx| {
-            let version = tx.read_version()?;
-            let mut changes = Vec::new();
-            let root = ks::root();
-            for (kind, prefix) in [("t", "t"), ("v", "v"), ("r", "r"), ("b", "b"), ("m", "m")] {
-                let p = root.clone().str(prefix).into_vec();
-                for (k, val) in range_prefix(
-                    tx,
-                    &p,
-                    RangeOpts {
-                        snapshot: true,
-                        ..Default::default()
-                    },
-                )? {
+        const CHUNK: usize = 10_000;
+        let version = self.current_version()?;
+        let mut changes = Vec::new();
+        let root = ks::root();
+        for kind in ["t", "v", "r", "b", "m"] {
+            let (begin, end) = tuple::prefix_range(&root.clone().str(kind).into_vec());
+            let mut cursor = begin;
+            // Each chunk is its own short transaction (FoundationDB's 5 s
+            // limit); what changes between chunks is replayed from the feed.
+            loop {
+                let (rows, _) = self.run(|tx| {
+                    Ok(tx.range(&cursor, &end, RangeOpts { limit: CHUNK, snapshot: true, reverse: false })?)
+                })?;
+                for (k, val) in &rows {
                     changes.push(match kind {
-                        "t" => Change::PutTenant(decode(&k, &val)?.0),
-                        "v" => Change::PutVault(decode(&k, &val)?.0),
-                        "r" => Change::PutRole(decode(&k, &val)?.0),
-                        "b" => Change::PutBinding(decode(&k, &val)?.0),
-                        _ => Change::PutMembership(decode(&k, &val)?.0),
+                        "t" => Change::PutTenant(decode(k, val)?.0),
+                        "v" => Change::PutVault(decode(k, val)?.0),
+                        "r" => Change::PutRole(decode(k, val)?.0),
+                        "b" => Change::PutBinding(decode(k, val)?.0),
+                        _ => Change::PutMembership(decode(k, val)?.0),
                     });
                 }
+                if rows.len() < CHUNK {
+                    break;
+                }
+                let mut next = rows.last().expect("full chunk").0.clone();
+                next.push(0);
+                cursor = next;
             }
-            Ok((changes, version))
-        })?;
-        Ok(changes)
+        }
+        Ok((changes, version))
     }
 
     /// Feed entries after `after`, oldest first, and the version read at.
@@ -980,9 +985,13 @@ impl Repo {
                     serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?,
                 ));
             }
-            // A full page may stop short of the read version.
+            // A full page stops short of the read version, possibly inside a
+            // version (several commits of one FoundationDB batch share it):
+            // resume just before its last version, re-applying what was
+            // already applied (changes are idempotent).
             let upto = if limit > 0 && out.len() == limit {
-                out.last().map(|(v, _)| *v).unwrap_or(after)
+                let last = out.last().map(|(v, _)| *v).unwrap_or(after);
+                if last.saturating_sub(1) > after { last - 1 } else { last }
             } else {
                 read_at
             };
@@ -1044,6 +1053,9 @@ impl Repo {
                 let cs: Vec<Change> = serde_json::from_slice(&val).map_err(|e| corrupt(&k, e))?;
                 out.push((key_version(&k)?, cs));
             }
+            // A full page may stop inside a version (several commits of one
+            // FoundationDB batch share it): resume at that version, re-applying
+            // what was already applied (changes are idempotent).
             let upto = if limit > 0 && out.len() == limit { out.last().map(|x| x.0).unwrap_or(after) } else { read_at };
             Ok((out, upto))
         })?;

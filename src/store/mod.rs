@@ -14,6 +14,8 @@
 //! thread (see [`run_blocking`]).
 
 pub mod embedded;
+#[cfg(feature = "fdb")]
+pub mod fdb;
 pub mod keyspace;
 pub mod memory;
 pub mod tuple;
@@ -161,16 +163,39 @@ where
 }
 
 /// Which backend to open.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Backend {
     Memory,
     Embedded { dir: std::path::PathBuf },
+    FoundationDb { cluster_file: std::path::PathBuf },
+    /// An already open store, shared (several in-process replicas in tests).
+    Shared(Arc<dyn Store>),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Memory => f.write_str("memory"),
+            Backend::Embedded { dir } => write!(f, "embedded({})", dir.display()),
+            Backend::FoundationDb { cluster_file } => write!(f, "foundationdb({})", cluster_file.display()),
+            Backend::Shared(s) => write!(f, "shared({})", s.backend()),
+        }
+    }
 }
 
 pub fn open(backend: &Backend) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match backend {
         Backend::Memory => Arc::new(memory::MemoryStore::new()),
         Backend::Embedded { dir } => Arc::new(embedded::EmbeddedStore::open(dir)?),
+        Backend::Shared(s) => s.clone(),
+        #[cfg(feature = "fdb")]
+        Backend::FoundationDb { cluster_file } => Arc::new(fdb::FdbStore::open(cluster_file)?),
+        #[cfg(not(feature = "fdb"))]
+        Backend::FoundationDb { .. } => {
+            return Err(StoreError::Unavailable(
+                "this build has no FoundationDB support; build with `--features fdb`".into(),
+            ));
+        }
     })
 }
 
