@@ -83,7 +83,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// FoundationDB cluster file, for `--store foundationdb`.
-    #[arg(long, env = "PORTCULLIS_FDB_CLUSTER_FILE", default_value = "/etc/foundationdb/fdb.cluster")]
+    #[arg(
+        long,
+        env = "PORTCULLIS_FDB_CLUSTER_FILE",
+        default_value = "/etc/foundationdb/fdb.cluster"
+    )]
     pub fdb_cluster_file: PathBuf,
     /// YAML file of API keys; without it the server only listens on loopback, unauthenticated.
     #[arg(long, env = "PORTCULLIS_AUTH_KEYS_FILE")]
@@ -127,7 +131,9 @@ impl ServeArgs {
                     dir: self.data_dir.clone(),
                 },
                 StoreKind::Memory => Backend::Memory,
-                StoreKind::Foundationdb => Backend::FoundationDb { cluster_file: self.fdb_cluster_file.clone() },
+                StoreKind::Foundationdb => Backend::FoundationDb {
+                    cluster_file: self.fdb_cluster_file.clone(),
+                },
             },
             keys,
             tls: match (&self.tls_cert, &self.tls_key) {

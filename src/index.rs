@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::engine::Engine;
@@ -21,7 +22,9 @@ const FEED_PAGE: usize = 1000;
 const POLL: Duration = Duration::from_millis(500);
 
 pub struct LiveIndex {
-    pub engine: Engine,
+    /// Replaced whole only when this replica fell behind the changelog's
+    /// retention and had to reload.
+    engine: ArcSwap<Engine>,
     repo: Arc<Repo>,
     caught_up: watch::Sender<u64>,
 }
@@ -29,17 +32,29 @@ pub struct LiveIndex {
 impl LiveIndex {
     /// Loads everything from the store (blocking).
     pub fn load(repo: Arc<Repo>) -> Result<Arc<LiveIndex>> {
-        let (changes, version) = repo.load_all()?;
-        let engine = Engine::new();
-        engine.apply(version, &changes);
+        let (engine, version) = Self::build(&repo)?;
         let index = Arc::new(LiveIndex {
-            engine,
+            engine: ArcSwap::from_pointee(engine),
             repo,
             caught_up: watch::channel(version).0,
         });
+        // Whatever changed while the chunks were read is replayed.
+        index.catch_up()?;
+        Ok(index)
+    }
+
+    fn build(repo: &Repo) -> Result<(Engine, u64)> {
+        let (changes, version) = repo.load_all()?;
+        let engine = Engine::new();
+        engine.apply(version, &changes);
         telemetry::INDEX_REVISION.set(version as i64);
         tracing::info!(revision = version, objects = changes.len(), "index loaded");
-        Ok(index)
+        Ok((engine, version))
+    }
+
+    /// The engine; hold the guard only for one query.
+    pub fn engine(&self) -> arc_swap::Guard<Arc<Engine>> {
+        self.engine.load()
     }
 
     /// The revision everything up to which is applied.
@@ -56,13 +71,25 @@ impl LiveIndex {
     pub fn catch_up(&self) -> Result<u64> {
         loop {
             let from = self.revision();
+            if self.repo.log_floor()? > from + 1 {
+                // The feed no longer holds what this replica missed: reload.
+                tracing::warn!(
+                    revision = from,
+                    "the changelog was compacted past this replica's index; reloading"
+                );
+                let (engine, version) = Self::build(&self.repo)?;
+                self.engine.store(Arc::new(engine));
+                self.caught_up.send_replace(version);
+                continue;
+            }
             let (entries, upto) = self.repo.read_feed(from, FEED_PAGE)?;
             let full = entries.len() == FEED_PAGE;
+            let engine = self.engine.load();
             for (version, changes) in &entries {
-                self.engine.apply(*version, changes);
+                engine.apply(*version, changes);
             }
             let upto = upto.max(from);
-            self.engine.apply(upto, &[]);
+            engine.apply(upto, &[]);
             self.caught_up.send_if_modified(|r| {
                 if upto > *r {
                     *r = upto;
@@ -88,7 +115,7 @@ impl LiveIndex {
             loop {
                 let known = *commits.borrow_and_update();
                 telemetry::STORE_REVISION.set(known as i64);
-                if known > me.revision() || known == 0 {
+                if known > me.revision() {
                     let m = me.clone();
                     match tokio::task::spawn_blocking(move || m.catch_up()).await {
                         Ok(Ok(_)) => {}

@@ -75,30 +75,30 @@ fn page_token_key(token: &str) -> Result<Option<Vec<u8>>> {
         .map_err(|_| ServiceError::invalid("page_token", "must be a page token returned by the previous page"))
 }
 
-fn corrupt(key: &[u8], e: impl std::fmt::Display) -> ServiceError {
+pub(crate) fn corrupt(key: &[u8], e: impl std::fmt::Display) -> ServiceError {
     ServiceError::Store(StoreError::Corrupt(format!("{}: {e}", hex::encode(key))))
 }
 
-fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<(T, u64)> {
+pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<(T, u64)> {
     let (version, json) = ks::split_record(value).ok_or_else(|| corrupt(key, "record too short"))?;
     let obj = serde_json::from_slice(json).map_err(|e| corrupt(key, e))?;
     Ok((obj, version))
 }
 
-fn read<T: DeserializeOwned>(tx: &mut dyn Transaction, key: &[u8]) -> Result<Option<(T, u64)>> {
+pub(crate) fn read<T: DeserializeOwned>(tx: &mut dyn Transaction, key: &[u8]) -> Result<Option<(T, u64)>> {
     match tx.get(key)? {
         Some(v) => decode(key, &v).map(Some),
         None => Ok(None),
     }
 }
 
-fn write<T: Serialize>(tx: &mut dyn Transaction, key: &[u8], obj: &T) -> Result<()> {
+pub(crate) fn write<T: Serialize>(tx: &mut dyn Transaction, key: &[u8], obj: &T) -> Result<()> {
     let json = serde_json::to_vec(obj).map_err(|e| ServiceError::Internal(e.to_string()))?;
     tx.set_versionstamped_value(key, ks::record(&json), 0);
     Ok(())
 }
 
-fn range_prefix(tx: &mut dyn Transaction, prefix: &[u8], opts: RangeOpts) -> Result<Vec<store::KeyValue>> {
+pub(crate) fn range_prefix(tx: &mut dyn Transaction, prefix: &[u8], opts: RangeOpts) -> Result<Vec<store::KeyValue>> {
     let (b, e) = tuple::prefix_range(prefix);
     Ok(tx.range(&b, &e, opts)?)
 }
@@ -164,11 +164,11 @@ pub struct Usage {
     pub bindings: u64,
 }
 
-const VAULTS: &str = "vaults";
-const ROLES: &str = "roles";
-const BINDINGS: &str = "bindings";
+pub(crate) const VAULTS: &str = "vaults";
+pub(crate) const ROLES: &str = "roles";
+pub(crate) const BINDINGS: &str = "bindings";
 
-fn usage(tx: &mut dyn Transaction, t: &str) -> Result<Usage> {
+pub(crate) fn usage(tx: &mut dyn Transaction, t: &str) -> Result<Usage> {
     let mut u = Usage::default();
     for (k, v) in range_prefix(tx, &ks::counts_of_tenant(t), RangeOpts::default())? {
         let n = v.as_slice().try_into().map(i64::from_le_bytes).unwrap_or(0).max(0) as u64;
@@ -265,6 +265,12 @@ impl Repo {
             Ok(id)
         })?;
         Ok(id)
+    }
+
+    /// The oldest revision the changelog still holds.
+    pub fn log_floor(&self) -> Result<u64> {
+        let mut tx = self.store.begin()?;
+        log_floor(&mut *tx)
     }
 
     /// The latest committed version.
@@ -683,6 +689,9 @@ impl Repo {
                             old.subject.as_str(),
                             &old.id,
                         ));
+                        if let Some(e) = old.expires_at {
+                            tx.clear(&ks::expiry(e.0, t.as_str(), vs(v), &old.id));
+                        }
                     }
                     None => added += 1,
                 }
@@ -691,6 +700,9 @@ impl Repo {
                     &ks::binding_by_subject(t.as_str(), vs(v), b.subject.as_str(), &b.id),
                     b"",
                 );
+                if let Some(e) = b.expires_at {
+                    tx.set(&ks::expiry(e.0, t.as_str(), vs(v), &b.id), b"");
+                }
                 changes.push(Change::PutBinding(b.clone()));
                 up += 1;
             }
@@ -702,6 +714,9 @@ impl Repo {
                 if let Some((old, _)) = read::<Binding>(tx, &key)? {
                     tx.clear(&key);
                     tx.clear(&ks::binding_by_subject(t.as_str(), vs(v), old.subject.as_str(), id));
+                    if let Some(e) = old.expires_at {
+                        tx.clear(&ks::expiry(e.0, t.as_str(), vs(v), id));
+                    }
                     changes.push(Change::DeleteBinding {
                         scope: scope_of(t, v),
                         id: id.clone(),
@@ -941,7 +956,15 @@ impl Repo {
             // limit); what changes between chunks is replayed from the feed.
             loop {
                 let (rows, _) = self.run(|tx| {
-                    Ok(tx.range(&cursor, &end, RangeOpts { limit: CHUNK, snapshot: true, reverse: false })?)
+                    Ok(tx.range(
+                        &cursor,
+                        &end,
+                        RangeOpts {
+                            limit: CHUNK,
+                            snapshot: true,
+                            reverse: false,
+                        },
+                    )?)
                 })?;
                 for (k, val) in &rows {
                     changes.push(match kind {

@@ -41,6 +41,8 @@ pub struct AppState {
 pub struct LeaderStatus {
     pub is_leader: AtomicBool,
     pub epoch: AtomicU64,
+    /// The job runs this replica made as leader, newest last.
+    pub history: Arc<std::sync::Mutex<Vec<crate::jobs::JobRun>>>,
 }
 
 impl AppState {

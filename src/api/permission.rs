@@ -139,7 +139,7 @@ impl PermissionService for PermissionApi {
                 context: &ctx,
             };
             let res = index
-                .engine
+                .engine()
                 .check(&r.tenant, &r.vault, &item, Timestamp::now(), r.explain)
                 .map_err(st)?;
             Ok(Response::new(check_response(&res, at)))
@@ -168,7 +168,7 @@ impl PermissionService for PermissionApi {
                 .await
                 .map_err(st)?;
             let at = index.revision();
-            let view = index.engine.view(&r.tenant, &r.vault).map_err(st)?;
+            let view = index.engine().view(&r.tenant, &r.vault).map_err(st)?;
             let contexts: Vec<RequestContext> = r.items.iter().map(|i| context_of(&i.context)).collect();
             let items: Vec<CheckItem<'_>> = r
                 .items
@@ -221,7 +221,7 @@ impl PermissionService for PermissionApi {
                 .map_err(st)?;
             let at = index.revision();
             let f = index
-                .engine
+                .engine()
                 .lookup_resources(&r.tenant, &r.vault, &r.subject, &r.action, Timestamp::now())
                 .map_err(st)?;
             Ok(Response::new(pb::LookupResourcesResponse {
@@ -270,7 +270,7 @@ impl PermissionService for PermissionApi {
                 .await
                 .map_err(st)?;
             let at = index.revision();
-            let view = index.engine.view(&r.tenant, &r.vault).map_err(st)?;
+            let view = index.engine().view(&r.tenant, &r.vault).map_err(st)?;
             let (action, resource) = (r.action.clone(), r.resource.clone());
             let page = tokio::task::spawn_blocking(move || {
                 lookup_subjects_in(
@@ -318,7 +318,7 @@ impl PermissionService for PermissionApi {
                 .map_err(st)?;
             let at = index.revision();
             let eff = index
-                .engine
+                .engine()
                 .effective_permissions(&r.tenant, &r.vault, &r.subject, Timestamp::now())
                 .map_err(st)?;
             let statements = eff

@@ -92,6 +92,14 @@ pub struct PageRequest<'a> {
     pub limit: usize,
 }
 
+/// A scope's roles, bindings and (group, member) pairs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeContents {
+    pub roles: std::collections::BTreeMap<String, Role>,
+    pub bindings: std::collections::BTreeMap<String, Binding>,
+    pub memberships: BTreeSet<(String, String)>,
+}
+
 /// One page of lookup subjects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubjectPage {
@@ -176,8 +184,29 @@ impl Engine {
         self.revision.fetch_max(revision, Ordering::AcqRel);
     }
 
-    /// Runs `f` with the writer's catalog, for write-time checks that need
-    /// other objects.
+    /// What the index holds for one scope, and the revision it holds it at:
+    /// for verifying the index against the store.
+    pub fn scope_contents(&self, scope: &Scope) -> (ScopeContents, u64) {
+        let cat = self.catalog();
+        let mut out = ScopeContents::default();
+        if let Some(data) = cat.scopes.get(scope) {
+            for (name, e) in &data.roles {
+                out.roles.insert(name.to_string(), (*e.role).clone());
+            }
+            for (id, b) in &data.bindings {
+                out.bindings.insert(id.clone(), (*b.source).clone());
+            }
+            for (member, groups) in &data.member_of {
+                for g in groups {
+                    out.memberships.insert((g.to_string(), member.to_string()));
+                }
+            }
+        }
+        (out, self.revision())
+    }
+
+    /// The inheritance cycle `role` would close, were it stored, judged
+    /// against the index.
     pub fn inherits_cycle(&self, role: &Role) -> Option<Vec<RoleKey>> {
         self.catalog().inherits_cycle(role)
     }

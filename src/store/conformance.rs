@@ -184,6 +184,48 @@ pub fn subscribe_sees_commits(make: &Make<'_>) {
     assert!(*rx.borrow() >= v);
 }
 
+pub fn leases(make: &Make<'_>) {
+    use crate::jobs::{acquire, fence, release};
+    let s = make();
+    let ttl = std::time::Duration::from_secs(10);
+    assert_eq!(acquire(&*s, "t", "a", ttl, 1_000).unwrap(), Some(1));
+    assert_eq!(acquire(&*s, "t", "b", ttl, 2_000).unwrap(), None);
+    assert_eq!(acquire(&*s, "t", "b", ttl, 11_001).unwrap(), Some(2));
+    let mut tx = s.begin().unwrap();
+    assert!(fence(&mut *tx, "t", 1).is_err());
+    assert!(fence(&mut *tx, "t", 2).is_ok());
+    release(&*s, "t", "b").unwrap();
+    assert_eq!(acquire(&*s, "t", "a", ttl, 11_002).unwrap(), Some(3));
+}
+
+pub fn changelog_order_and_resumption(make: &Make<'_>) {
+    use crate::engine::TenantId;
+    use crate::engine::model::{Change, Tenant};
+    let repo = crate::repo::Repo::new(make());
+    let mut revisions = Vec::new();
+    for i in 0..5 {
+        let t = Tenant::new(TenantId::parse(&format!("t{i}")).unwrap());
+        revisions.push(repo.apply_tenant(t, None).unwrap().revision);
+    }
+    assert!(revisions.windows(2).all(|w| w[0] < w[1]));
+    let (all, upto) = repo.read_feed(0, 0).unwrap();
+    assert_eq!(all.iter().map(|(v, _)| *v).collect::<Vec<_>>(), revisions);
+    assert!(upto >= revisions[4]);
+    let (rest, _) = repo.read_feed(revisions[1], 0).unwrap();
+    assert_eq!(rest.iter().map(|(v, _)| *v).collect::<Vec<_>>(), revisions[2..]);
+    assert!(matches!(&rest[0].1[0], Change::PutTenant(t) if t.id.as_str() == "t2"));
+    let (page, upto) = repo.read_feed(0, 2).unwrap();
+    assert_eq!(page.len(), 2);
+    let (next, _) = repo.read_feed(upto, 0).unwrap();
+    assert!(next.iter().any(|(v, _)| *v == revisions[2]), "resumes without a gap");
+    let (log, _) = repo.read_log(&TenantId::parse("t3").unwrap(), None, 0, 0).unwrap();
+    assert_eq!(
+        log.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        [revisions[3]],
+        "per-scope log"
+    );
+}
+
 pub fn all(make: &Make<'_>) {
     read_write_and_versions(make);
     conflicts(make);
@@ -191,6 +233,8 @@ pub fn all(make: &Make<'_>) {
     atomic_adds_and_versionstamps(make);
     retry_loop_serializes_read_modify_write(make);
     subscribe_sees_commits(make);
+    leases(make);
+    changelog_order_and_resumption(make);
 }
 
 #[test]

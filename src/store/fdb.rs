@@ -74,8 +74,12 @@ impl FdbStore {
         boot_network();
         let cluster = cluster_file.display().to_string();
         let db = Database::from_path(&cluster).map_err(|e| map_err(e, &cluster))?;
-        let store =
-            FdbStore { db: Arc::new(db), cluster, notify: tokio::sync::watch::channel(0).0, watcher: OnceLock::new() };
+        let store = FdbStore {
+            db: Arc::new(db),
+            cluster,
+            notify: tokio::sync::watch::channel(0).0,
+            watcher: OnceLock::new(),
+        };
         // Fail fast when the cluster cannot be reached.
         let v = store.begin()?.read_version()?;
         store.notify.send_replace(v);
@@ -84,7 +88,8 @@ impl FdbStore {
 
     fn trx(&self) -> Result<foundationdb::Transaction, StoreError> {
         let trx = self.db.create_trx().map_err(|e| map_err(e, &self.cluster))?;
-        trx.set_option(TransactionOption::Timeout(TX_TIMEOUT_MS)).map_err(|e| map_err(e, &self.cluster))?;
+        trx.set_option(TransactionOption::Timeout(TX_TIMEOUT_MS))
+            .map_err(|e| map_err(e, &self.cluster))?;
         Ok(trx)
     }
 
@@ -154,11 +159,15 @@ impl FdbTx<'_> {
 
 impl Transaction for FdbTx<'_> {
     fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        block_on(self.trx.get(key, false)).map(|v| v.map(|s| s.to_vec())).map_err(|e| self.err(e))
+        block_on(self.trx.get(key, false))
+            .map(|v| v.map(|s| s.to_vec()))
+            .map_err(|e| self.err(e))
     }
 
     fn get_snapshot(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        block_on(self.trx.get(key, true)).map(|v| v.map(|s| s.to_vec())).map_err(|e| self.err(e))
+        block_on(self.trx.get(key, true))
+            .map(|v| v.map(|s| s.to_vec()))
+            .map_err(|e| self.err(e))
     }
 
     fn range(&mut self, begin: &[u8], end: &[u8], opts: RangeOpts) -> Result<Vec<KeyValue>, StoreError> {
@@ -218,7 +227,9 @@ impl Transaction for FdbTx<'_> {
     }
 
     fn read_version(&mut self) -> Result<u64, StoreError> {
-        block_on(self.trx.get_read_version()).map(|v| v as u64).map_err(|e| self.err(e))
+        block_on(self.trx.get_read_version())
+            .map(|v| v as u64)
+            .map_err(|e| self.err(e))
     }
 
     fn commit(self: Box<Self>) -> Result<u64, StoreError> {
@@ -246,7 +257,11 @@ impl Transaction for FdbTx<'_> {
 
 impl Store for FdbStore {
     fn begin(&self) -> Result<Box<dyn Transaction + '_>, StoreError> {
-        Ok(Box::new(FdbTx { store: self, trx: self.trx()?, writes: false }))
+        Ok(Box::new(FdbTx {
+            store: self,
+            trx: self.trx()?,
+            writes: false,
+        }))
     }
 
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {

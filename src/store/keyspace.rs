@@ -24,6 +24,8 @@
 //! | `(root, "sys", "lease", name)` | JSON lease: holder, epoch, expiry |
 //! | `(root, "sys", "epoch", name)` | u64 BE: the fencing epoch job writes check |
 //! | `(root, "sys", "job", name)` | JSON: a background job's last run |
+//! | `(root, "sys", "exp", expires_at_micros, tenant, vault, binding_id)` | empty: bindings by expiry, for the purge job |
+//! | `(root, "sys", "mark", unix_millis)` | u64 BE: the store version at that time, for changelog retention |
 //!
 //! A record is the 10-byte versionstamp of the commit that wrote it (so the
 //! revision of an object comes from the commit version, never a counter)
@@ -151,6 +153,28 @@ pub fn lease(name: &str) -> Vec<u8> {
 }
 pub fn epoch(name: &str) -> Vec<u8> {
     root().str("sys").str("epoch").str(name).into_vec()
+}
+pub fn expiry(at_micros: i64, t: &str, vault: Option<&str>, id: &str) -> Vec<u8> {
+    root()
+        .str("sys")
+        .str("exp")
+        .int(at_micros.max(0) as u64)
+        .str(t)
+        .str(v(vault))
+        .str(id)
+        .into_vec()
+}
+pub fn expiry_before(at_micros: i64) -> Vec<u8> {
+    root().str("sys").str("exp").int(at_micros.max(0) as u64).into_vec()
+}
+pub fn expiries() -> Vec<u8> {
+    root().str("sys").str("exp").into_vec()
+}
+pub fn mark(unix_millis: u64) -> Vec<u8> {
+    root().str("sys").str("mark").int(unix_millis).into_vec()
+}
+pub fn marks() -> Vec<u8> {
+    root().str("sys").str("mark").into_vec()
 }
 pub fn job(name: &str) -> Vec<u8> {
     root().str("sys").str("job").str(name).into_vec()

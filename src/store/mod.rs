@@ -166,8 +166,12 @@ where
 #[derive(Clone)]
 pub enum Backend {
     Memory,
-    Embedded { dir: std::path::PathBuf },
-    FoundationDb { cluster_file: std::path::PathBuf },
+    Embedded {
+        dir: std::path::PathBuf,
+    },
+    FoundationDb {
+        cluster_file: std::path::PathBuf,
+    },
     /// An already open store, shared (several in-process replicas in tests).
     Shared(Arc<dyn Store>),
 }
