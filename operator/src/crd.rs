@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 
 pub const GROUP: &str = "portcullis.dev";
 
-/// Kubernetes 1.20 rejects an empty-string `default`; these fields default
-/// to empty in the operator instead.
+/// Some API servers (the 1.20 one the tests use among them) read an empty
+/// string in a CRD `default`, or in a request, as null and reject it; these
+/// fields are left out when empty and default to empty in the operator.
 fn no_default(schema: &mut schemars::Schema) {
     schema.remove("default");
 }
@@ -40,7 +41,7 @@ fn no_default(schema: &mut schemars::Schema) {
 #[serde(rename_all = "camelCase")]
 pub struct TenantSpec {
     /// A human-readable name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 256), transform = no_default)]
     pub display_name: String,
     /// A suspended tenant, and every tenant below it, denies every check.
@@ -79,7 +80,7 @@ pub struct VaultSpec {
     #[schemars(regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?){0,7}$"))]
     pub tenant: String,
     /// A human-readable name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 256), transform = no_default)]
     pub display_name: String,
     /// The vault's declarative bindings. They replace, as a set, whatever this
@@ -122,7 +123,7 @@ pub struct RoleSpec {
     #[schemars(regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
     pub vault: Option<String>,
     /// What the role is for.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 4096), transform = no_default)]
     pub description: String,
     /// The role's statements. Deny wins over any Allow.
@@ -147,7 +148,7 @@ pub struct Condition {
     /// A CamelCase reason: Applied, NamespaceNotAllowed, TenantNotFound, VaultNotFound, InvalidSpec, Conflict, ServiceUnavailable, DependentsExist, Deleting.
     pub reason: String,
     /// A human-readable message.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(transform = no_default)]
     pub message: String,
     /// When the status last changed (RFC 3339).

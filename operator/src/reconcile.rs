@@ -186,9 +186,9 @@ fn key<K: Kind>(obj: &K) -> String {
     format!("{}/{}/{}", K::KIND, obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-fn api<K: Kind>(ctx: &Ctx, obj: &K) -> Api<K>
+fn api<K>(ctx: &Ctx, obj: &K) -> Api<K>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K: Kind + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
 {
     Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default())
 }
@@ -702,17 +702,14 @@ async fn vault_outcome(ctx: &Ctx, obj: &Vault) -> Result<Outcome, Error> {
     };
     let mut changed = false;
     let mut revision = existing.as_ref().map(|e| e.revision.clone()).unwrap_or_default();
-    match &existing {
-        Some(e) => {
-            if let Some(other) = claimed_by_other(ctx, obj, &e.labels).await? {
-                return Ok(Outcome::not_ready(
-                    "Conflict",
-                    format!("vault {name} of tenant {tid} is managed by {other}"),
-                    Retry::OnChange,
-                ));
-            }
-        }
-        None => {}
+    if let Some(e) = &existing
+        && let Some(other) = claimed_by_other(ctx, obj, &e.labels).await?
+    {
+        return Ok(Outcome::not_ready(
+            "Conflict",
+            format!("vault {name} of tenant {tid} is managed by {other}"),
+            Retry::OnChange,
+        ));
     }
     let same = existing
         .as_ref()
