@@ -54,6 +54,14 @@ pub enum Command {
     Import(ImportArgs),
     /// Write a vault, its roles, bindings and memberships as a manifest.
     Export(ExportArgs),
+    /// Ask a server's gRPC health service; exit 0 when SERVING (for probes).
+    Health {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The service to ask about; empty for the server as a whole.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
     /// Print the SHA-256 of an API key secret, for the keys file.
     HashKey {
         /// The secret.
@@ -161,6 +169,9 @@ pub struct ClientArgs {
     /// API key secret, sent as 'authorization: Bearer <token>'.
     #[arg(long, env = "PORTCULLIS_TOKEN")]
     pub token: Option<String>,
+    /// CA certificate (PEM) to verify an https endpoint with.
+    #[arg(long, env = "PORTCULLIS_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -238,9 +249,18 @@ impl tonic::service::Interceptor for Bearer {
 pub type Authed = InterceptedService<Channel, Bearer>;
 
 pub async fn connect(c: &ClientArgs) -> Result<(Channel, Bearer)> {
-    let channel = Endpoint::from_shared(c.endpoint.clone())
+    let mut endpoint = Endpoint::from_shared(c.endpoint.clone())
         .with_context(|| format!("invalid endpoint {}", c.endpoint))?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(ca) = &c.ca_cert {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        endpoint = endpoint
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )
+            .context("TLS configuration")?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("cannot connect to {}", c.endpoint))?;
@@ -283,10 +303,32 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Apply(a) => apply(a).await,
         Command::Import(a) => import(a).await,
         Command::Export(a) => export(a).await,
+        Command::Health { client, service } => health(client, service).await,
         Command::HashKey { secret } => {
             println!("{}", Keys::hash(&secret));
             Ok(())
         }
+    }
+}
+
+async fn health(c: ClientArgs, service: String) -> Result<()> {
+    let (ch, _) = connect(&c).await?;
+    let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+    let status = h
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.clone(),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .status;
+    let serving = status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    let name = if service.is_empty() { "server" } else { service.as_str() };
+    if serving {
+        println!("{name}: SERVING");
+        Ok(())
+    } else {
+        bail!("{name}: NOT SERVING")
     }
 }
 
