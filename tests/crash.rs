@@ -147,3 +147,38 @@ async fn sigkill_during_a_write_storm_loses_no_acknowledged_write() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = spawn_server(dir.path(), port);
+    let mut a = wait_ready(port).await;
+    seed(&mut a).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = std::time::Instant::now();
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "clean exit after SIGTERM: {exit:?}");
+    // And what it acknowledged is there after a restart.
+    let mut child = spawn_server(dir.path(), port);
+    let mut a = wait_ready(port).await;
+    a.get_role(pb::GetRoleRequest {
+        tenant: "acme".into(),
+        vault: String::new(),
+        name: "reader".into(),
+    })
+    .await
+    .unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+}
