@@ -57,7 +57,8 @@ pub(crate) struct TenantNode {
 }
 
 pub(crate) struct VaultNode {
-    pub view: VaultView,
+    /// The published view; a write modifies a copy of it (sharing all but
+    /// what it changes) and publishes that.
     pub handle: Arc<VaultHandle>,
 }
 
@@ -101,6 +102,7 @@ struct Dirty {
     tenants: HashSet<TenantId>,
     new_vaults: HashSet<VaultKey>,
     updated_vaults: HashSet<VaultKey>,
+    vault_objects: HashMap<VaultKey, Arc<Vault>>,
     removed_vaults: HashSet<VaultKey>,
 }
 
@@ -180,8 +182,8 @@ impl Catalog {
             Change::PutVault(v) => {
                 let key = vault_key(&v.tenant, &v.name);
                 match self.vaults.get_mut(&key) {
-                    Some(node) => {
-                        node.view.vault = Arc::new(v.clone());
+                    Some(_) => {
+                        d.vault_objects.insert(key.clone(), Arc::new(v.clone()));
                         d.updated_vaults.insert(key);
                     }
                     None => {
@@ -194,9 +196,9 @@ impl Catalog {
                             roles: Default::default(),
                         };
                         let handle = Arc::new(VaultHandle {
-                            view: ArcSwap::from_pointee(view.clone()),
+                            view: ArcSwap::from_pointee(view),
                         });
-                        self.vaults.insert(key.clone(), VaultNode { view, handle });
+                        self.vaults.insert(key.clone(), VaultNode { handle });
                         self.tenants
                             .entry(v.tenant.clone())
                             .or_default()
@@ -685,7 +687,10 @@ impl Catalog {
             let Some(node) = self.vaults.get(&key) else {
                 continue;
             };
-            let mut view = node.view.clone();
+            let mut view = (*node.handle.view.load_full()).clone();
+            if let Some(v) = d.vault_objects.get(&key) {
+                view.vault = v.clone();
+            }
             if d.new_vaults.contains(&key) {
                 self.full_build(&key, &mut view);
             } else {
@@ -715,9 +720,7 @@ impl Catalog {
                     view.suspended_by = suspended;
                 }
             }
-            let node = self.vaults.get_mut(&key).expect("touched vault exists");
-            node.handle.view.store(Arc::new(view.clone()));
-            node.view = view;
+            node.handle.view.store(Arc::new(view));
         }
         Published {
             vaults_changed: !d.new_vaults.is_empty() || !d.removed_vaults.is_empty(),

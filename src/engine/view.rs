@@ -94,42 +94,60 @@ type Shard = HashTable<(u64, Subject, Arc<SubjectData>)>;
 
 #[derive(Clone)]
 pub(crate) struct ShardMap {
-    shards: Vec<Arc<Shard>>,
+    /// Shards in groups of [`GROUP`]: a write copies one shard, its group's
+    /// pointer array and the (short) list of groups, not every shard pointer.
+    groups: Vec<Arc<Vec<Arc<Shard>>>>,
     shift: u32,
     len: usize,
 }
+
+const GROUP_BITS: u32 = 6;
+const GROUP: usize = 1 << GROUP_BITS;
 
 impl ShardMap {
     pub fn with_capacity(n: usize) -> ShardMap {
         let shards = (n / 256).clamp(1, 4096).next_power_of_two();
         let per = n / shards + 1;
+        let groups = shards.div_ceil(GROUP);
         ShardMap {
-            shards: (0..shards).map(|_| Arc::new(HashTable::with_capacity(per))).collect(),
+            groups: (0..groups)
+                .map(|g| {
+                    let here = (shards - g * GROUP).min(GROUP);
+                    Arc::new((0..here).map(|_| Arc::new(HashTable::with_capacity(per))).collect())
+                })
+                .collect(),
             shift: shards.trailing_zeros(),
             len: 0,
         }
     }
 
+    fn shard_count(&self) -> usize {
+        1 << self.shift
+    }
+
     #[inline]
-    fn shard_of(&self, hash: u64) -> usize {
-        if self.shift == 0 {
+    fn shard_of(&self, hash: u64) -> (usize, usize) {
+        let i = if self.shift == 0 {
             0
         } else {
             ((hash >> 32) as usize) & ((1 << self.shift) - 1)
-        }
+        };
+        (i >> GROUP_BITS, i & (GROUP - 1))
     }
 
     #[inline]
     pub fn get(&self, key: &str, hash: u64) -> Option<&Arc<SubjectData>> {
-        self.shards[self.shard_of(hash)]
+        let (g, i) = self.shard_of(hash);
+        self.groups[g][i]
             .find(hash, |(h, _, v)| *h == hash && v.key.as_slice() == key.as_bytes())
             .map(|(_, _, v)| v)
     }
 
     pub fn set(&mut self, key: &Subject, value: Option<Arc<SubjectData>>) {
         let hash = hash_str(key.as_str());
-        let idx = self.shard_of(hash);
-        let shard = Arc::make_mut(&mut self.shards[idx]);
+        let (g, i) = self.shard_of(hash);
+        let group = Arc::make_mut(&mut self.groups[g]);
+        let shard = Arc::make_mut(&mut group[i]);
         let hasher = |(h, _, _): &(u64, Subject, Arc<SubjectData>)| *h;
         match (shard.find_entry(hash, |(h, k, _)| *h == hash && k == key), value) {
             (Ok(mut e), Some(v)) => e.get_mut().2 = v,
@@ -152,11 +170,14 @@ impl ShardMap {
     /// True when the map has outgrown its shard count enough that copying a
     /// shard on write would get slow.
     pub fn needs_reshard(&self) -> bool {
-        self.len / self.shards.len() > 4096 && self.shards.len() < 4096
+        self.len / self.shard_count() > 4096 && self.shard_count() < 4096
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Subject, &Arc<SubjectData>)> {
-        self.shards.iter().flat_map(|s| s.iter().map(|(_, k, v)| (k, v)))
+        self.groups
+            .iter()
+            .flat_map(|g| g.iter())
+            .flat_map(|s| s.iter().map(|(_, k, v)| (k, v)))
     }
 }
 
