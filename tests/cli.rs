@@ -1,0 +1,146 @@
+//! The command line against a real server: the README's flow (apply the
+//! example, check), export and import, and health.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use portcullis::server::ServeOptions;
+
+fn cli(endpoint: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .env("PORTCULLIS_ENDPOINT", endpoint)
+        .output()
+        .expect("cli runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_check_export_import() {
+    let srv = start(ServeOptions::for_tests()).await;
+    let ep = format!("http://{}", srv.addr);
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/acme.yaml");
+    let (ok, out) = cli(&ep, &["apply", "-f", example]);
+    assert!(ok, "{out}");
+    assert!(out.contains("tenant acme/eng/platform applied"), "{out}");
+    assert!(out.contains("4 bindings in acme/eng/platform:docs"), "{out}");
+    // Applying again changes nothing.
+    let (ok, out) = cli(&ep, &["apply", "-f", example]);
+    assert!(ok && out.contains("tenant acme unchanged"), "{out}");
+
+    let check = |subject: &str, action: &str, resource: &str, extra: &[&str]| {
+        let mut a = vec![
+            "check",
+            "--tenant",
+            "acme/eng/platform",
+            "--vault",
+            "docs",
+            "--subject",
+            subject,
+            "--action",
+            action,
+            "--resource",
+            resource,
+            "--explain",
+        ];
+        a.extend_from_slice(extra);
+        cli(&ep, &a)
+    };
+    let (ok, out) = check("user:carol", "documents:read", "document:design.md", &[]);
+    assert!(ok && out.starts_with("ALLOWED (REASON_ALLOWED)"), "{out}");
+    assert!(
+        out.contains("user:carol > group:platform-oncall > group:platform"),
+        "{out}"
+    );
+    let (_, out) = check("user:bob", "documents:read", "document:security/keys", &[]);
+    assert!(out.starts_with("DENIED (REASON_EXPLICIT_DENY)"), "{out}");
+    let (_, out) = check("user:alice", "documents:delete", "document:x", &[]);
+    assert!(out.starts_with("DENIED (REASON_EXPLICIT_DENY)"), "{out}");
+    let (_, out) = check(
+        "user:alice",
+        "documents:delete",
+        "document:x",
+        &["--context", r#"{"mfa": true}"#],
+    );
+    assert!(out.starts_with("ALLOWED"), "{out}");
+    let (ok, out) = check("alice", "documents:read", "document:x", &[]);
+    assert!(
+        !ok && out.contains("InvalidArgument") && out.contains("subject"),
+        "{out}"
+    );
+
+    // Export, then import into a fresh vault: the same decisions there.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("docs.yaml");
+    let (ok, out) = cli(
+        &ep,
+        &[
+            "export",
+            "--tenant",
+            "acme/eng/platform",
+            "--vault",
+            "docs",
+            "-o",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let exported = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        exported.contains("kind: Binding") && exported.contains("kind: Membership"),
+        "{exported}"
+    );
+    let mut a = admin(srv.addr, None).await;
+    a.apply_vault(portcullis_proto::v1::ApplyVaultRequest {
+        vault: Some(vault("acme/eng/platform", "copy")),
+        expected_revision: String::new(),
+    })
+    .await
+    .unwrap();
+    let (ok, out) = cli(
+        &ep,
+        &[
+            "import",
+            "--tenant",
+            "acme/eng/platform",
+            "--vault",
+            "copy",
+            "-f",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(ok && out.contains("4 bindings"), "{out}");
+    let (_, out) = cli(
+        &ep,
+        &[
+            "check",
+            "--tenant",
+            "acme/eng/platform",
+            "--vault",
+            "copy",
+            "--subject",
+            "user:carol",
+            "--action",
+            "documents:read",
+            "--resource",
+            "document:a",
+        ],
+    );
+    assert!(out.starts_with("ALLOWED"), "{out}");
+
+    let (ok, out) = cli(&ep, &["health"]);
+    assert!(ok && out.contains("SERVING"), "{out}");
+    let (ok, out) = cli(&ep, &["hash-key", "test"]);
+    assert!(
+        ok && out.trim() == "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "{out}"
+    );
+    srv.shutdown().await;
+}
