@@ -841,40 +841,24 @@ async fn cleanup_vault(ctx: &Ctx, obj: &Vault) -> Result<Action, Error> {
     let name = obj.name_any();
     let tid = manifest::tenant_id_of_name(&obj.spec.tenant);
     let mut admin = ctx.service.admin.clone();
-    let owned = match not_found(
-        admin
-            .get_vault(pb::GetVaultRequest {
-                tenant: tid.clone(),
-                name: name.clone(),
-            })
-            .await,
-    ) {
-        Ok(Some(v)) => claimed_by_other(ctx, obj, &v.into_inner().labels).await?.is_none(),
-        Ok(None) => false,
-        Err(s) if s.code() == Code::InvalidArgument => false,
-        Err(s) => return Err(Error::Waiting(format!("cannot delete vault {name}: {}", s.message()))),
+    let request = pb::GetVaultRequest {
+        tenant: tid.clone(),
+        name: name.clone(),
     };
-    if owned {
-        match admin
-            .delete_vault(pb::DeleteVaultRequest {
-                tenant: tid.clone(),
-                name: name.clone(),
-                expected_revision: String::new(),
-            })
-            .await
-        {
-            Ok(_) => {}
-            Err(s) if s.code() == Code::NotFound => {}
-            Err(s) => return Err(Error::Waiting(format!("cannot delete vault {name}: {}", s.message()))),
-        }
-    }
-    publish_deleted(
+    let labels = not_found(admin.get_vault(request).await).map(|v| v.map(|v| v.into_inner().labels));
+    let delete = pb::DeleteVaultRequest {
+        tenant: tid.clone(),
+        name: name.clone(),
+        expected_revision: String::new(),
+    };
+    delete_if_owned(
         ctx,
         obj,
-        format!("vault {name} of tenant {tid} deleted from Portcullis"),
+        format!("vault {name} of tenant {tid}"),
+        labels,
+        || async move { admin.delete_vault(delete).await.map(|_| ()) },
     )
-    .await;
-    Ok(Action::await_change())
+    .await
 }
 
 // ---- Role -------------------------------------------------------------------
@@ -1006,36 +990,53 @@ async fn cleanup_role(ctx: &Ctx, obj: &Role) -> Result<Action, Error> {
     let tid = manifest::tenant_id_of_name(&obj.spec.tenant);
     let vault = obj.spec.vault.clone().unwrap_or_default();
     let mut admin = ctx.service.admin.clone();
-    let owned = match not_found(
-        admin
-            .get_role(pb::GetRoleRequest {
-                tenant: tid.clone(),
-                vault: vault.clone(),
-                name: name.clone(),
-            })
-            .await,
-    ) {
-        Ok(Some(r)) => claimed_by_other(ctx, obj, &r.into_inner().labels).await?.is_none(),
+    let request = pb::GetRoleRequest {
+        tenant: tid.clone(),
+        vault: vault.clone(),
+        name: name.clone(),
+    };
+    let labels = not_found(admin.get_role(request).await).map(|r| r.map(|r| r.into_inner().labels));
+    let delete = pb::DeleteRoleRequest {
+        tenant: tid.clone(),
+        vault,
+        name: name.clone(),
+        expected_revision: String::new(),
+    };
+    delete_if_owned(
+        ctx,
+        obj,
+        format!("role {name} of tenant {tid}"),
+        labels,
+        || async move { admin.delete_role(delete).await.map(|_| ()) },
+    )
+    .await
+}
+
+/// On a resource's deletion, deletes its Portcullis object if the resource
+/// owns it (an object another live resource owns is left alone), then
+/// records the deletion. `labels` is the object's, `None` when it is gone.
+async fn delete_if_owned<K: Kind, F: std::future::Future<Output = Result<(), tonic::Status>>>(
+    ctx: &Ctx,
+    obj: &K,
+    what: String,
+    labels: Result<Option<HashMap<String, String>>, tonic::Status>,
+    delete: impl FnOnce() -> F,
+) -> Result<Action, Error> {
+    let owned = match labels {
+        Ok(Some(l)) => claimed_by_other(ctx, obj, &l).await?.is_none(),
         Ok(None) => false,
+        // A name the service cannot even hold was never written.
         Err(s) if s.code() == Code::InvalidArgument => false,
-        Err(s) => return Err(Error::Waiting(format!("cannot delete role {name}: {}", s.message()))),
+        Err(s) => return Err(Error::Waiting(format!("cannot delete {what}: {}", s.message()))),
     };
     if owned {
-        match admin
-            .delete_role(pb::DeleteRoleRequest {
-                tenant: tid.clone(),
-                vault,
-                name: name.clone(),
-                expected_revision: String::new(),
-            })
-            .await
-        {
-            Ok(_) => {}
+        match delete().await {
+            Ok(()) => {}
             Err(s) if s.code() == Code::NotFound => {}
-            Err(s) => return Err(Error::Waiting(format!("cannot delete role {name}: {}", s.message()))),
+            Err(s) => return Err(Error::Waiting(format!("cannot delete {what}: {}", s.message()))),
         }
     }
-    publish_deleted(ctx, obj, format!("role {name} of tenant {tid} deleted from Portcullis")).await;
+    publish_deleted(ctx, obj, format!("{what} deleted from Portcullis")).await;
     Ok(Action::await_change())
 }
 

@@ -114,6 +114,24 @@ fn context_of(s: &Option<prost_types::Struct>) -> RequestContext {
         .unwrap_or_default()
 }
 
+impl PermissionApi {
+    /// What every query does first: the caller may act on the tenant, and the
+    /// index meets the consistency asked for. Returns the index and the
+    /// revision the answer is evaluated at.
+    async fn begin(
+        &self,
+        caller: &auth::Caller,
+        tenant: &str,
+        consistency: Option<&pb::Consistency>,
+    ) -> Result<(&std::sync::Arc<crate::index::LiveIndex>, u64), Status> {
+        tenant_field("tenant", tenant)?;
+        caller.require_tenant(tenant)?;
+        let index = self.state.index()?;
+        self.state.consistency(index, consistency).await.map_err(st)?;
+        Ok((index, index.revision()))
+    }
+}
+
 #[tonic::async_trait]
 impl PermissionService for PermissionApi {
     async fn check_permission(
@@ -123,14 +141,7 @@ impl PermissionService for PermissionApi {
         observed(SVC, "CheckPermission", async {
             let caller = auth::caller(&request)?;
             let r = request.into_inner();
-            tenant_field("tenant", &r.tenant)?;
-            caller.require_tenant(&r.tenant)?;
-            let index = self.state.index()?;
-            self.state
-                .consistency(index, r.consistency.as_ref())
-                .await
-                .map_err(st)?;
-            let at = index.revision();
+            let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
             let ctx = context_of(&r.context);
             let item = CheckItem {
                 subject: &r.subject,
@@ -154,20 +165,13 @@ impl PermissionService for PermissionApi {
         observed(SVC, "CheckBulkPermissions", async {
             let caller = auth::caller(&request)?;
             let r = request.into_inner();
-            tenant_field("tenant", &r.tenant)?;
-            caller.require_tenant(&r.tenant)?;
             if r.items.len() > MAX_BULK {
                 return Err(st(ServiceError::invalid(
                     "items",
                     format!("at most {MAX_BULK} items per call, got {}", r.items.len()),
                 )));
             }
-            let index = self.state.index()?;
-            self.state
-                .consistency(index, r.consistency.as_ref())
-                .await
-                .map_err(st)?;
-            let at = index.revision();
+            let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
             let view = index.engine().view(&r.tenant, &r.vault).map_err(st)?;
             let contexts: Vec<RequestContext> = r.items.iter().map(|i| context_of(&i.context)).collect();
             let items: Vec<CheckItem<'_>> = r
@@ -212,14 +216,7 @@ impl PermissionService for PermissionApi {
         observed(SVC, "LookupResources", async {
             let caller = auth::caller(&request)?;
             let r = request.into_inner();
-            tenant_field("tenant", &r.tenant)?;
-            caller.require_tenant(&r.tenant)?;
-            let index = self.state.index()?;
-            self.state
-                .consistency(index, r.consistency.as_ref())
-                .await
-                .map_err(st)?;
-            let at = index.revision();
+            let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
             let f = index
                 .engine()
                 .lookup_resources(&r.tenant, &r.vault, &r.subject, &r.action, Timestamp::now())
@@ -243,8 +240,6 @@ impl PermissionService for PermissionApi {
         observed(SVC, "LookupSubjects", async {
             let caller = auth::caller(&request)?;
             let r = request.into_inner();
-            tenant_field("tenant", &r.tenant)?;
-            caller.require_tenant(&r.tenant)?;
             let mut v = crate::engine::Violations::new();
             v.check("action", crate::engine::ids::check_action(&r.action));
             v.check("resource", crate::engine::ids::check_resource(&r.resource));
@@ -264,12 +259,7 @@ impl PermissionService for PermissionApi {
                 0 => 100,
                 n => n.min(MAX_PAGE),
             };
-            let index = self.state.index()?;
-            self.state
-                .consistency(index, r.consistency.as_ref())
-                .await
-                .map_err(st)?;
-            let at = index.revision();
+            let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
             let view = index.engine().view(&r.tenant, &r.vault).map_err(st)?;
             let (action, resource) = (r.action.clone(), r.resource.clone());
             let page = tokio::task::spawn_blocking(move || {
@@ -309,14 +299,7 @@ impl PermissionService for PermissionApi {
         observed(SVC, "GetEffectivePermissions", async {
             let caller = auth::caller(&request)?;
             let r = request.into_inner();
-            tenant_field("tenant", &r.tenant)?;
-            caller.require_tenant(&r.tenant)?;
-            let index = self.state.index()?;
-            self.state
-                .consistency(index, r.consistency.as_ref())
-                .await
-                .map_err(st)?;
-            let at = index.revision();
+            let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
             let eff = index
                 .engine()
                 .effective_permissions(&r.tenant, &r.vault, &r.subject, Timestamp::now())
