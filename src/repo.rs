@@ -241,6 +241,65 @@ pub struct Applied<T> {
     pub changed: bool,
 }
 
+impl<T> Applied<T> {
+    /// An Apply's result: the stored object when it was already identical
+    /// (nothing written), else the written one at the commit's version.
+    fn from_upsert(unchanged: Option<(T, u64)>, written: T, version: u64) -> Applied<T> {
+        match unchanged {
+            Some((object, revision)) => Applied {
+                object,
+                revision,
+                changed: false,
+            },
+            None => Applied {
+                object: written,
+                revision: version,
+                changed: true,
+            },
+        }
+    }
+}
+
+/// What a new object counts against: its tenant's limit of `kind`, in `scope`.
+struct Counted<'a> {
+    tenant: &'a Tenant,
+    vault: Option<&'a str>,
+    kind: &'static str,
+    max: u32,
+}
+
+/// The common body of an Apply: nothing is written when the stored object
+/// is identical (it is returned); a new object is checked against its limit
+/// and counted; then the object is written and the change logged.
+fn upsert<T: Serialize + PartialEq>(
+    tx: &mut dyn Transaction,
+    key: &[u8],
+    object: &T,
+    existing: Option<(T, u64)>,
+    counted: Option<Counted<'_>>,
+    change: Change,
+) -> Result<Option<(T, u64)>> {
+    match existing {
+        Some((old, rev)) if old == *object => return Ok(Some((old, rev))),
+        Some(_) => {}
+        None => {
+            if let Some(c) = counted {
+                let u = usage(tx, c.tenant.id.as_str())?;
+                let have = match c.kind {
+                    VAULTS => u.vaults,
+                    ROLES => u.roles,
+                    _ => u.bindings,
+                };
+                check_limit(c.kind, c.tenant, have, 1, c.max)?;
+                tx.atomic_add(&ks::count(c.tenant.id.as_str(), c.vault, c.kind), 1);
+            }
+        }
+    }
+    write(tx, key, object)?;
+    append_changelog(tx, &[change])?;
+    Ok(None)
+}
+
 pub struct Repo {
     pub store: Arc<dyn Store>,
 }
@@ -299,27 +358,9 @@ impl Repo {
                     t.id
                 )));
             }
-            if let Some((old, rev)) = existing
-                && old == t
-            {
-                return Ok(Some((old, rev)));
-            }
-            write(tx, &key, &t)?;
-            append_changelog(tx, &[Change::PutTenant(t.clone())])?;
-            Ok(None)
+            upsert(tx, &key, &t, existing, None, Change::PutTenant(t.clone()))
         })?;
-        Ok(match r {
-            Some((object, revision)) => Applied {
-                object,
-                revision,
-                changed: false,
-            },
-            None => Applied {
-                object: t,
-                revision: version,
-                changed: true,
-            },
-        })
+        Ok(Applied::from_upsert(r, t, version))
     }
 
     pub fn get_tenant(&self, id: &TenantId) -> Result<(Tenant, u64, Usage)> {
@@ -450,31 +491,15 @@ impl Repo {
                 existing.as_ref().map(|(_, r)| *r),
             )?;
             let tenant = tenant_required(tx, &v.tenant, "vaults")?;
-            if let Some((old, rev)) = existing {
-                if old == v {
-                    return Ok(Some((old, rev)));
-                }
-            } else {
-                let u = usage(tx, v.tenant.as_str())?;
-                check_limit(VAULTS, &tenant, u.vaults, 1, tenant.limits.max_vaults)?;
-                tx.atomic_add(&ks::count(v.tenant.as_str(), Some(v.name.as_str()), VAULTS), 1);
-            }
-            write(tx, &key, &v)?;
-            append_changelog(tx, &[Change::PutVault(v.clone())])?;
-            Ok(None)
+            let counted = Counted {
+                tenant: &tenant,
+                vault: Some(v.name.as_str()),
+                kind: VAULTS,
+                max: tenant.limits.max_vaults,
+            };
+            upsert(tx, &key, &v, existing, Some(counted), Change::PutVault(v.clone()))
         })?;
-        Ok(match r {
-            Some((object, revision)) => Applied {
-                object,
-                revision,
-                changed: false,
-            },
-            None => Applied {
-                object: v,
-                revision: version,
-                changed: true,
-            },
-        })
+        Ok(Applied::from_upsert(r, v, version))
     }
 
     pub fn get_vault(&self, t: &TenantId, name: &VaultName) -> Result<(Vault, u64)> {
@@ -539,31 +564,15 @@ impl Repo {
                     format!("would create an inheritance cycle: {}", path.join(" -> ")),
                 ));
             }
-            if let Some((old, rev)) = existing {
-                if old == r {
-                    return Ok(Some((old, rev)));
-                }
-            } else {
-                let u = usage(tx, r.tenant.as_str())?;
-                check_limit(ROLES, &tenant, u.roles, 1, tenant.limits.max_roles)?;
-                tx.atomic_add(&ks::count(r.tenant.as_str(), vs(r.vault.as_ref()), ROLES), 1);
-            }
-            write(tx, &key, &r)?;
-            append_changelog(tx, &[Change::PutRole(r.clone())])?;
-            Ok(None)
+            let counted = Counted {
+                tenant: &tenant,
+                vault: vs(r.vault.as_ref()),
+                kind: ROLES,
+                max: tenant.limits.max_roles,
+            };
+            upsert(tx, &key, &r, existing, Some(counted), Change::PutRole(r.clone()))
         })?;
-        Ok(match res {
-            Some((object, revision)) => Applied {
-                object,
-                revision,
-                changed: false,
-            },
-            None => Applied {
-                object: r,
-                revision: version,
-                changed: true,
-            },
-        })
+        Ok(Applied::from_upsert(res, r, version))
     }
 
     pub fn get_role(&self, t: &TenantId, v: Option<&VaultName>, name: &RoleName) -> Result<(Role, u64)> {
