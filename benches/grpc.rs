@@ -28,7 +28,7 @@ fn load(repo: &Repo, ds: &Dataset) {
     for c in &ds.changes {
         match c {
             Change::PutTenant(t) => {
-                repo.apply_tenant(t.clone(), None).expect("tenant");
+                repo.apply_tenant(t.clone(), None, None).expect("tenant");
             }
             Change::PutVault(v) => {
                 repo.apply_vault(v.clone(), None).expect("vault");

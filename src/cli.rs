@@ -121,6 +121,12 @@ pub struct ServeArgs {
     /// Seconds health reports NOT_SERVING before the listener closes on shutdown.
     #[arg(long, env = "PORTCULLIS_DRAIN_DELAY", default_value_t = 0)]
     pub drain_delay: u64,
+    /// Seconds the index may trail the store before health reports NOT_SERVING.
+    #[arg(long, env = "PORTCULLIS_MAX_INDEX_LAG", default_value_t = 30)]
+    pub max_index_lag: u64,
+    /// Seconds between checks of the keys file and the TLS files for changes.
+    #[arg(long, env = "PORTCULLIS_RELOAD_INTERVAL", default_value_t = 5)]
+    pub reload_interval: u64,
     #[command(flatten)]
     pub jobs: crate::jobs::JobArgs,
 }
@@ -157,6 +163,8 @@ impl ServeArgs {
             consistency_wait: Duration::from_millis(self.consistency_wait_ms),
             drain_delay: Duration::from_secs(self.drain_delay),
             jobs: self.jobs.options(),
+            max_index_lag: Duration::from_secs(self.max_index_lag.max(1)),
+            reload_interval: Duration::from_secs(self.reload_interval.max(1)),
         })
     }
 }

@@ -4,6 +4,12 @@
 //!
 //! The index tracks the revision it has caught up to: every change committed
 //! at or before it is applied. Consistency requirements wait on it.
+//!
+//! A stored record or feed change that cannot be read never stops the
+//! index: its scope is quarantined in the engine (checks there answer
+//! UNAVAILABLE, every other vault keeps working), logged, counted
+//! (`portcullis_index_corrupt_records_total`) and listed by GetServerInfo,
+//! and a later write or delete of the object repairs it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +18,9 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::engine::Engine;
+use crate::engine::model::Change;
 use crate::error::{Result, ServiceError};
-use crate::repo::{Repo, token};
+use crate::repo::{CorruptRecord, Repo, token};
 use crate::telemetry;
 
 const FEED_PAGE: usize = 1000;
@@ -27,6 +34,10 @@ pub struct LiveIndex {
     engine: ArcSwap<Engine>,
     repo: Arc<Repo>,
     caught_up: watch::Sender<u64>,
+    /// Since when the store has been ahead of the index; `None` while the
+    /// index is caught up. Health turns NOT_SERVING when this grows past
+    /// `--max-index-lag`.
+    behind_since: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl LiveIndex {
@@ -37,6 +48,7 @@ impl LiveIndex {
             engine: ArcSwap::from_pointee(engine),
             repo,
             caught_up: watch::channel(version).0,
+            behind_since: std::sync::Mutex::new(None),
         });
         // Whatever changed while the chunks were read is replayed.
         index.catch_up()?;
@@ -44,12 +56,20 @@ impl LiveIndex {
     }
 
     fn build(repo: &Repo) -> Result<(Engine, u64)> {
-        let (changes, version) = repo.load_all()?;
+        let loaded = repo.load_all()?;
         let engine = Engine::new();
-        engine.apply(version, &changes);
-        telemetry::INDEX_REVISION.set(version as i64);
-        tracing::info!(revision = version, objects = changes.len(), "index loaded");
-        Ok((engine, version))
+        engine.apply(loaded.version, &loaded.changes);
+        for c in &loaded.corrupt {
+            quarantine(&engine, c);
+        }
+        telemetry::INDEX_REVISION.set(loaded.version as i64);
+        tracing::info!(
+            revision = loaded.version,
+            objects = loaded.changes.len(),
+            unreadable = loaded.corrupt.len(),
+            "index loaded"
+        );
+        Ok((engine, loaded.version))
     }
 
     /// The engine; hold the guard only for one query.
@@ -85,8 +105,12 @@ impl LiveIndex {
             let (entries, upto) = self.repo.read_feed(from, FEED_PAGE)?;
             let full = entries.len() == FEED_PAGE;
             let engine = self.engine.load();
-            for (version, changes) in &entries {
-                engine.apply(*version, changes);
+            for e in &entries {
+                engine.apply(e.version, &e.changes);
+                repaired(&engine, &e.changes);
+                for c in &e.corrupt {
+                    quarantine(&engine, c);
+                }
             }
             let upto = upto.max(from);
             engine.apply(upto, &[]);
@@ -102,6 +126,23 @@ impl LiveIndex {
             if !full {
                 return Ok(upto);
             }
+        }
+    }
+
+    /// How long the store has been ahead of this index, if it is.
+    pub fn lagging_for(&self) -> Option<Duration> {
+        self.behind_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+    }
+
+    fn note_lag(&self, store_revision: u64) {
+        let mut b = self.behind_since.lock().unwrap_or_else(|p| p.into_inner());
+        if store_revision > self.revision() {
+            b.get_or_insert_with(std::time::Instant::now);
+        } else {
+            *b = None;
         }
     }
 
@@ -127,6 +168,7 @@ impl LiveIndex {
                     }
                 }
                 telemetry::INDEX_LAG.set(known.saturating_sub(me.revision()) as i64);
+                me.note_lag(known);
                 tokio::select! {
                     _ = commits.changed() => {}
                     _ = tokio::time::sleep(POLL) => {
@@ -155,4 +197,30 @@ impl LiveIndex {
             ))),
         }
     }
+}
+
+fn quarantine(engine: &Engine, c: &CorruptRecord) {
+    telemetry::INDEX_CORRUPT.inc();
+    match &c.scope {
+        Some(scope) => {
+            tracing::error!(scope = %scope, object = %c.object, error = %c.detail, "a stored record cannot be read; its scope is quarantined until it is overwritten or deleted");
+            engine.quarantine(scope.clone(), c.object.clone(), c.detail.clone());
+        }
+        // Not even its scope is known: nothing to quarantine; the verify
+        // job reports any divergence it causes.
+        None => {
+            tracing::error!(object = %c.object, error = %c.detail, "a stored change cannot be read and names no scope; skipped")
+        }
+    }
+    telemetry::INDEX_QUARANTINED.set(engine.quarantined().scopes.len() as i64);
+}
+
+fn repaired(engine: &Engine, changes: &[Change]) {
+    if engine.quarantined().scopes.is_empty() {
+        return;
+    }
+    for c in changes {
+        engine.repaired(&c.scope(), &c.object());
+    }
+    telemetry::INDEX_QUARANTINED.set(engine.quarantined().scopes.len() as i64);
 }

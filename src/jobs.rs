@@ -282,7 +282,8 @@ pub fn purge(repo: &Repo, epoch: u64, now_micros: i64) -> Result<usize> {
                 };
                 let vault = (!v.is_empty()).then_some(*v);
                 let bkey = ks::binding(t, vault, id);
-                let Some((b, _)) = read::<Binding>(tx, &bkey)? else {
+                // A record that cannot be read is left for a repair.
+                let Ok(Some((b, _))) = read::<Binding>(tx, &bkey) else {
                     continue;
                 };
                 if b.expires_at.is_none_or(|x| x.0 > now_micros) {
@@ -300,7 +301,9 @@ pub fn purge(repo: &Repo, epoch: u64, now_micros: i64) -> Result<usize> {
                 });
             }
             for ((t, v), d) in count {
-                tx.atomic_add(&ks::count(&t, (!v.is_empty()).then_some(v.as_str()), repo::BINDINGS), d);
+                if let Ok(t) = TenantId::parse(&t) {
+                    repo::add_count(tx, &t, (!v.is_empty()).then_some(v.as_str()), repo::BINDINGS, d);
+                }
             }
             append_changelog(tx, &changes)?;
             Ok((due.len(), changes.len()))
@@ -420,14 +423,19 @@ pub fn account_usage(repo: &Repo, epoch: u64) -> Result<UsageTotals> {
                 ..Default::default()
             },
         )?;
-        rows.iter()
-            .map(|(k, v)| decode::<crate::engine::model::Tenant>(k, v).map(|x| x.0))
-            .collect::<Result<Vec<_>>>()
+        // A tenant record that cannot be read is skipped (the index has
+        // quarantined it); the rest are accounted.
+        Ok::<_, ServiceError>(
+            rows.iter()
+                .filter_map(|(k, v)| decode::<crate::engine::model::Tenant>(k, v).ok().map(|x| x.0))
+                .collect::<Vec<_>>(),
+        )
     })?;
     let mut totals = UsageTotals {
         tenants: tenants.len() as u64,
         ..Default::default()
     };
+    let tenants_list: Vec<TenantId> = tenants.iter().map(|t| t.id.clone()).collect();
     for t in tenants {
         let (u, _) = store::run::<_, ServiceError>(&*repo.store, |tx| {
             fence(tx, LEASE, epoch)?;
@@ -477,6 +485,33 @@ pub fn account_usage(repo: &Repo, epoch: u64) -> Result<UsageTotals> {
         {
             totals.over_limit += 1;
         }
+    }
+    // Then each tenant's subtree totals, from the exact per-scope counters:
+    // one transaction per tenant reads its subtree's counters and rewrites
+    // its totals, so a concurrent write conflicts and is retried.
+    for t in &tenants_list {
+        store::run::<_, ServiceError>(&*repo.store, |tx| {
+            fence(tx, LEASE, epoch)?;
+            let id = t.as_str();
+            let mut sums: std::collections::BTreeMap<String, i64> = Default::default();
+            for prefix in [ks::counts_of_tenant(id), ks::counts_of_descendants(id)] {
+                for (k, v) in range_prefix(tx, &prefix, RangeOpts::default())? {
+                    let n = v.as_slice().try_into().map(i64::from_le_bytes).unwrap_or(0);
+                    if let Some(kind) = ks::count_kind(&k) {
+                        *sums.entry(kind).or_default() += n;
+                    }
+                }
+            }
+            let children = range_prefix(tx, &ks::tenant_children(id), RangeOpts::default())?.len();
+            let (b, e) = tuple::prefix_range(&ks::subtree_counts_of(id));
+            tx.clear_range(&b, &e)?;
+            for kind in [repo::VAULTS, repo::ROLES, repo::BINDINGS] {
+                let n = sums.get(kind).copied().unwrap_or(0);
+                tx.set(&ks::subtree_count(id, kind), &n.to_le_bytes());
+            }
+            tx.set(&ks::subtree_count(id, repo::TENANTS), &(children as i64).to_le_bytes());
+            Ok(())
+        })?;
     }
     telemetry::TENANT_USAGE
         .with_label_values(&["tenants"])

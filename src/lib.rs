@@ -18,3 +18,4 @@ pub mod repo;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod transport;

@@ -42,19 +42,28 @@ pub fn tenant_name_of_id(id: &str) -> String {
     id.replace('/', ".")
 }
 
-/// Limits on what a tenant may hold; 0 means unlimited.
+/// Limits on what a tenant and its whole subtree may hold and do; 0 means unlimited.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LimitsSpec {
-    /// The most vaults the tenant may have; 0 means unlimited.
+    /// The most vaults the tenant and its descendants may have together; 0 means unlimited.
     #[serde(default)]
     pub max_vaults: u32,
-    /// The most roles (tenant-scoped and in its vaults) the tenant may have; 0 means unlimited.
+    /// The most roles (tenant-scoped and in vaults) the tenant and its descendants may have together; 0 means unlimited.
     #[serde(default)]
     pub max_roles: u32,
-    /// The most bindings (tenant-wide and in its vaults) the tenant may have; 0 means unlimited.
+    /// The most bindings (tenant-wide and in vaults) the tenant and its descendants may have together; 0 means unlimited.
     #[serde(default)]
     pub max_bindings: u32,
+    /// The most descendant tenants the tenant may have; 0 means unlimited.
+    #[serde(default)]
+    pub max_tenants: u32,
+    /// Checks and lookups per second in the tenant and its descendants, per replica; 0 means unlimited.
+    #[serde(default)]
+    pub max_checks_per_second: u32,
+    /// Admin writes per second in the tenant and its descendants, per replica; 0 means unlimited.
+    #[serde(default)]
+    pub max_writes_per_second: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -307,6 +316,9 @@ pub fn tenant_of(name: &str, spec: &TenantSpec, labels: &Labels) -> Result<Tenan
             max_vaults: spec.limits.max_vaults,
             max_roles: spec.limits.max_roles,
             max_bindings: spec.limits.max_bindings,
+            max_tenants: spec.limits.max_tenants,
+            max_checks_per_second: spec.limits.max_checks_per_second,
+            max_writes_per_second: spec.limits.max_writes_per_second,
         },
         labels: labels.clone(),
     })

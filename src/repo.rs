@@ -85,6 +85,113 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<(T
     Ok((obj, version))
 }
 
+/// A record that could not be read, found while loading or tailing: the
+/// index quarantines its scope until it is overwritten or deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptRecord {
+    /// `None` when not even the scope could be read.
+    pub scope: Option<Scope>,
+    pub object: String,
+    pub detail: String,
+}
+
+impl CorruptRecord {
+    fn of_key(key: &[u8], detail: String) -> CorruptRecord {
+        let parsed = ks::object_of(key);
+        let scope = parsed.as_ref().and_then(|o| {
+            Some(Scope {
+                tenant: TenantId::parse(&o.tenant).ok()?,
+                vault: match &o.vault {
+                    Some(v) => Some(VaultName::parse(v).ok()?),
+                    None => None,
+                },
+            })
+        });
+        CorruptRecord {
+            scope,
+            object: parsed.map(|o| o.object).unwrap_or_else(|| hex::encode(key)),
+            detail,
+        }
+    }
+
+    /// A change of a feed entry that does not decode: its scope and object
+    /// as far as the raw JSON tells them.
+    fn of_change(raw: &serde_json::Value, detail: String) -> CorruptRecord {
+        let field = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        let op = field(raw, "op").unwrap_or_default();
+        let scope_v = raw.get("scope").unwrap_or(raw);
+        let tenant = field(scope_v, "tenant").or_else(|| field(raw, "id").filter(|_| op.ends_with("tenant")));
+        let vault = field(scope_v, "vault").or_else(|| field(raw, "name").filter(|_| op.ends_with("vault")));
+        let scope = tenant.and_then(|t| {
+            Some(Scope {
+                tenant: TenantId::parse(&t).ok()?,
+                vault: match vault.filter(|v| !v.is_empty()) {
+                    Some(v) => Some(VaultName::parse(&v).ok()?),
+                    None => None,
+                },
+            })
+        });
+        let object = match op.trim_start_matches("put_").trim_start_matches("delete_") {
+            "tenant" => "tenant".to_string(),
+            "vault" => "vault".to_string(),
+            "role" => format!("role {}", field(raw, "name").unwrap_or_default()),
+            "binding" => format!("binding {}", field(raw, "id").unwrap_or_default()),
+            "membership" => format!(
+                "membership {} {}",
+                field(raw, "group").unwrap_or_default(),
+                field(raw, "member").unwrap_or_default()
+            ),
+            _ => format!("change {op}"),
+        };
+        CorruptRecord { scope, object, detail }
+    }
+}
+
+/// What a write finds under an object's key: nothing, a record it cannot
+/// read (which it may still overwrite or delete, to repair it), or the
+/// object at its revision.
+pub(crate) enum Existing<T> {
+    Absent,
+    Corrupt(u64),
+    Found(T, u64),
+}
+
+impl<T> Existing<T> {
+    fn revision(&self) -> Option<u64> {
+        match self {
+            Existing::Absent => None,
+            Existing::Corrupt(r) | Existing::Found(_, r) => Some(*r),
+        }
+    }
+    fn exists(&self) -> bool {
+        !matches!(self, Existing::Absent)
+    }
+}
+
+pub(crate) fn read_existing<T: DeserializeOwned>(tx: &mut dyn Transaction, key: &[u8]) -> Result<Existing<T>> {
+    let Some(v) = tx.get(key)? else {
+        return Ok(Existing::Absent);
+    };
+    match decode(key, &v) {
+        Ok((obj, rev)) => Ok(Existing::Found(obj, rev)),
+        Err(e) => {
+            tracing::warn!(key = %hex::encode(key), error = %e, "overwriting or deleting a record that cannot be read");
+            Ok(Existing::Corrupt(ks::split_record(&v).map(|(r, _)| r).unwrap_or(0)))
+        }
+    }
+}
+
+/// Removes the by-subject index row of binding `id` when its record (and
+/// so its subject) cannot be read: the scope's rows are scanned for it.
+fn clear_subject_rows_of(tx: &mut dyn Transaction, t: &str, v: Option<&str>, id: &str) -> Result<()> {
+    for (k, _) in range_prefix(tx, &ks::binding_index_of_scope(t, v), RangeOpts::default())? {
+        if ks::binding_id_of_subject_row(&k).as_deref() == Some(id) {
+            tx.clear(&k);
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn read<T: DeserializeOwned>(tx: &mut dyn Transaction, key: &[u8]) -> Result<Option<(T, u64)>> {
     match tx.get(key)? {
         Some(v) => decode(key, &v).map(Some),
@@ -167,29 +274,153 @@ pub struct Usage {
 pub(crate) const VAULTS: &str = "vaults";
 pub(crate) const ROLES: &str = "roles";
 pub(crate) const BINDINGS: &str = "bindings";
+/// Descendant tenants, counted only in subtree totals.
+pub(crate) const TENANTS: &str = "tenants";
 
-pub(crate) fn usage(tx: &mut dyn Transaction, t: &str) -> Result<Usage> {
-    let mut u = Usage::default();
-    for (k, v) in range_prefix(tx, &ks::counts_of_tenant(t), RangeOpts::default())? {
-        let n = v.as_slice().try_into().map(i64::from_le_bytes).unwrap_or(0).max(0) as u64;
-        match tuple::decode(&k).as_deref().and_then(|e| e.last()) {
-            Some(tuple::Elem::Str(VAULTS)) => u.vaults += n,
-            Some(tuple::Elem::Str(ROLES)) => u.roles += n,
-            Some(tuple::Elem::Str(BINDINGS)) => u.bindings += n,
-            _ => {}
-        }
-    }
-    Ok(u)
+fn read_i64(tx: &mut dyn Transaction, key: &[u8]) -> Result<i64> {
+    Ok(tx
+        .get(key)?
+        .and_then(|v| v.as_slice().try_into().ok())
+        .map(i64::from_le_bytes)
+        .unwrap_or(0))
 }
 
-fn check_limit(kind: &str, t: &Tenant, have: u64, adding: u64, max: u32) -> Result<()> {
-    if max > 0 && adding > 0 && have + adding > u64::from(max) {
-        return Err(ServiceError::ResourceExhausted(format!(
-            "tenant {} may hold at most {max} {kind} (limits.max_{kind}); it holds {have} and this write adds {adding}",
-            t.id
-        )));
+/// What `t` and its descendants hold together, as limits count it.
+pub(crate) fn usage(tx: &mut dyn Transaction, t: &str) -> Result<Usage> {
+    let mut get = |kind| read_i64(tx, &ks::subtree_count(t, kind)).map(|n| n.max(0) as u64);
+    Ok(Usage {
+        vaults: get(VAULTS)?,
+        roles: get(ROLES)?,
+        bindings: get(BINDINGS)?,
+    })
+}
+
+/// Counts `delta` objects of `kind` in scope (`t`, `v`): the scope's own
+/// counter and the subtree totals of `t` and each of its ancestors.
+pub(crate) fn add_count(tx: &mut dyn Transaction, t: &TenantId, v: Option<&str>, kind: &str, delta: i64) {
+    if delta == 0 {
+        return;
+    }
+    tx.atomic_add(&ks::count(t.as_str(), v, kind), delta);
+    for a in t.lineage() {
+        tx.atomic_add(&ks::subtree_count(a.as_str(), kind), delta);
+    }
+}
+
+fn limit_of(l: &Limits, kind: &str) -> u32 {
+    match kind {
+        VAULTS => l.max_vaults,
+        ROLES => l.max_roles,
+        BINDINGS => l.max_bindings,
+        _ => l.max_tenants,
+    }
+}
+
+/// Refuses adding `adding` objects of `kind` under `t` when that would take
+/// `t` or any ancestor past its limit: a limit bounds the whole subtree, so
+/// a tenant cannot escape its parent's limits by creating children.
+/// `ancestors_only` skips `t` itself (a new tenant counts against its
+/// ancestors' `max_tenants`, not its own).
+fn check_limits(tx: &mut dyn Transaction, t: &TenantId, kind: &str, adding: u64, ancestors_only: bool) -> Result<()> {
+    if adding == 0 {
+        return Ok(());
+    }
+    for a in t.lineage().into_iter().skip(usize::from(ancestors_only)) {
+        let Existing::Found(tenant, _) = read_existing::<Tenant>(tx, &ks::tenant(a.as_str()))? else {
+            continue;
+        };
+        let max = limit_of(&tenant.limits, kind);
+        if max == 0 {
+            continue;
+        }
+        let have = read_i64(tx, &ks::subtree_count(a.as_str(), kind))?.max(0) as u64;
+        if have + adding > u64::from(max) {
+            let whose = if a == *t {
+                format!("tenant {a}")
+            } else {
+                format!("tenant {a} (an ancestor of {t}, whose limits bound its whole subtree)")
+            };
+            return Err(ServiceError::ResourceExhausted(format!(
+                "{whose} may hold at most {max} {kind} (limits.max_{kind}); it holds {have} and this write adds {adding}"
+            )));
+        }
     }
     Ok(())
+}
+
+/// Removes a scope's counters, taking what they held off the subtree totals.
+fn uncount_scope(tx: &mut dyn Transaction, t: &TenantId, v: Option<&str>) -> Result<()> {
+    for kind in [VAULTS, ROLES, BINDINGS] {
+        let n = read_i64(tx, &ks::count(t.as_str(), v, kind))?;
+        if n != 0 {
+            for a in t.lineage() {
+                tx.atomic_add(&ks::subtree_count(a.as_str(), kind), -n);
+            }
+        }
+    }
+    let (b, e) = tuple::prefix_range(&ks::counts_of_scope(t.as_str(), v));
+    tx.clear_range(&b, &e)?;
+    Ok(())
+}
+
+/// What a key confined to a subtree may do to the tenants in it, checked by
+/// the writes of tenants: `roots` are the key's subtree tops containing the
+/// tenant written.
+#[derive(Debug, Clone)]
+pub struct Confinement {
+    pub key: String,
+    pub roots: Vec<TenantId>,
+}
+
+impl Confinement {
+    /// Refuses a write of `t` (over `existing`) that a confined key may not
+    /// make: creating or deleting its own root, changing the root's status
+    /// or limits, or giving a descendant a limit above a root's.
+    fn check(
+        &self,
+        tx: &mut dyn Transaction,
+        t: Option<&Tenant>,
+        id: &TenantId,
+        existing: &Existing<Tenant>,
+    ) -> Result<()> {
+        let refuse = |what: &str| ServiceError::ConfinementRoot {
+            key: self.key.clone(),
+            tenant: id.to_string(),
+            what: what.to_string(),
+        };
+        if self.roots.contains(id) {
+            let Some(t) = t else { return Err(refuse("delete it")) };
+            return match existing {
+                Existing::Found(old, _) if old.status == t.status && old.limits == t.limits => Ok(()),
+                Existing::Found(old, _) if old.status != t.status => Err(refuse("change its status")),
+                Existing::Found(..) => Err(refuse("change its limits")),
+                Existing::Absent | Existing::Corrupt(_) => Err(refuse("create it")),
+            };
+        }
+        let Some(t) = t else { return Ok(()) };
+        for root in &self.roots {
+            let Existing::Found(r, _) = read_existing::<Tenant>(tx, &ks::tenant(root.as_str()))? else {
+                continue;
+            };
+            for ((field, ceiling), (_, value)) in r.limits.fields().into_iter().zip(t.limits.fields()) {
+                if ceiling > 0 && (value == 0 || value > ceiling) {
+                    return Err(ServiceError::ConfinementRoot {
+                        key: self.key.clone(),
+                        tenant: root.to_string(),
+                        what: format!(
+                            "give {id} limits.{field} {} above its own {ceiling}",
+                            if value == 0 {
+                                "unlimited".to_string()
+                            } else {
+                                value.to_string()
+                            }
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn expect_revision(what: &str, expected: Option<u64>, current: Option<u64>) -> Result<()> {
@@ -260,12 +491,12 @@ impl<T> Applied<T> {
     }
 }
 
-/// What a new object counts against: its tenant's limit of `kind`, in `scope`.
+/// What a new object counts against: the limits of `kind` of its tenant
+/// and the tenant's ancestors, in scope (`tenant`, `vault`).
 struct Counted<'a> {
-    tenant: &'a Tenant,
+    tenant: &'a TenantId,
     vault: Option<&'a str>,
     kind: &'static str,
-    max: u32,
 }
 
 /// The common body of an Apply: nothing is written when the stored object
@@ -275,23 +506,17 @@ fn upsert<T: Serialize + PartialEq>(
     tx: &mut dyn Transaction,
     key: &[u8],
     object: &T,
-    existing: Option<(T, u64)>,
+    existing: Existing<T>,
     counted: Option<Counted<'_>>,
     change: Change,
 ) -> Result<Option<(T, u64)>> {
     match existing {
-        Some((old, rev)) if old == *object => return Ok(Some((old, rev))),
-        Some(_) => {}
-        None => {
+        Existing::Found(old, rev) if old == *object => return Ok(Some((old, rev))),
+        Existing::Found(..) | Existing::Corrupt(_) => {}
+        Existing::Absent => {
             if let Some(c) = counted {
-                let u = usage(tx, c.tenant.id.as_str())?;
-                let have = match c.kind {
-                    VAULTS => u.vaults,
-                    ROLES => u.roles,
-                    _ => u.bindings,
-                };
-                check_limit(c.kind, c.tenant, have, 1, c.max)?;
-                tx.atomic_add(&ks::count(c.tenant.id.as_str(), c.vault, c.kind), 1);
+                check_limits(tx, c.tenant, c.kind, 1, false)?;
+                add_count(tx, c.tenant, c.vault, c.kind, 1);
             }
         }
     }
@@ -340,16 +565,20 @@ impl Repo {
 
     // ---- tenants ----------------------------------------------------------
 
-    pub fn apply_tenant(&self, t: Tenant, expected: Option<u64>) -> Result<Applied<Tenant>> {
+    pub fn apply_tenant(
+        &self,
+        t: Tenant,
+        expected: Option<u64>,
+        confinement: Option<&Confinement>,
+    ) -> Result<Applied<Tenant>> {
         validate::tenant(&t)?;
         let (r, version) = self.run(|tx| {
             let key = ks::tenant(t.id.as_str());
-            let existing = read::<Tenant>(tx, &key)?;
-            expect_revision(
-                &format!("tenant {}", t.id),
-                expected,
-                existing.as_ref().map(|(_, r)| *r),
-            )?;
+            let existing = read_existing::<Tenant>(tx, &key)?;
+            expect_revision(&format!("tenant {}", t.id), expected, existing.revision())?;
+            if let Some(c) = confinement {
+                c.check(tx, Some(&t), &t.id, &existing)?;
+            }
             if let Some(p) = t.id.parent()
                 && tx.get(&ks::tenant(p.as_str()))?.is_none()
             {
@@ -357,6 +586,14 @@ impl Repo {
                     "parent tenant {p} does not exist; create it before {}",
                     t.id
                 )));
+            }
+            if !existing.exists()
+                && let Some(p) = t.id.parent()
+            {
+                check_limits(tx, &p, TENANTS, 1, false)?;
+                for a in p.lineage() {
+                    tx.atomic_add(&ks::subtree_count(a.as_str(), TENANTS), 1);
+                }
             }
             upsert(tx, &key, &t, existing, None, Change::PutTenant(t.clone()))
         })?;
@@ -428,22 +665,35 @@ impl Repo {
         Ok(r)
     }
 
-    pub fn delete_tenant(&self, id: &TenantId, expected: Option<u64>) -> Result<u64> {
+    pub fn delete_tenant(
+        &self,
+        id: &TenantId,
+        expected: Option<u64>,
+        confinement: Option<&Confinement>,
+    ) -> Result<u64> {
         let (_, version) = self.run(|tx| {
             let key = ks::tenant(id.as_str());
-            let Some((_, rev)) = read::<Tenant>(tx, &key)? else {
+            let existing = read_existing::<Tenant>(tx, &key)?;
+            if !existing.exists() {
                 return Err(ServiceError::NotFound(format!("tenant {id} not found")));
-            };
-            expect_revision(&format!("tenant {id}"), expected, Some(rev))?;
+            }
+            if let Some(c) = confinement {
+                c.check(tx, None, id, &existing)?;
+            }
+            expect_revision(&format!("tenant {id}"), expected, existing.revision())?;
             let children = range_prefix(tx, &ks::tenant_children(id.as_str()), RangeOpts::limit(5))?;
             let vaults = range_prefix(tx, &ks::vaults(id.as_str()), RangeOpts::limit(5))?;
             if !children.is_empty() || !vaults.is_empty() {
+                // Named from their keys, so a dependent whose record cannot
+                // be read is still named.
                 let mut names: Vec<String> = Vec::new();
-                for (k, v) in &children {
-                    names.push(format!("tenant {}", decode::<Tenant>(k, v)?.0.id));
-                }
-                for (k, v) in &vaults {
-                    names.push(format!("vault {}", decode::<Vault>(k, v)?.0.name));
+                for (k, _) in children.iter().chain(&vaults) {
+                    if let Some(o) = ks::object_of(k) {
+                        names.push(match o.vault {
+                            Some(v) => format!("vault {v}"),
+                            None => format!("tenant {}", o.tenant),
+                        });
+                    }
                 }
                 return Err(ServiceError::FailedPrecondition(format!(
                     "tenant {id} still has dependents ({}); delete them first",
@@ -452,8 +702,13 @@ impl Repo {
             }
             self.clear_scope(tx, id, None)?;
             tx.clear(&key);
-            let (b, e) = tuple::prefix_range(&ks::counts_of_tenant(id.as_str()));
+            let (b, e) = tuple::prefix_range(&ks::subtree_counts_of(id.as_str()));
             tx.clear_range(&b, &e)?;
+            if let Some(p) = id.parent() {
+                for a in p.lineage() {
+                    tx.atomic_add(&ks::subtree_count(a.as_str(), TENANTS), -1);
+                }
+            }
             append_changelog(tx, &[Change::DeleteTenant { tenant: id.clone() }])?;
             Ok(())
         })?;
@@ -462,15 +717,15 @@ impl Repo {
 
     /// Removes a scope's roles, bindings and memberships (with their indexes
     /// and counters).
-    fn clear_scope(&self, tx: &mut dyn Transaction, t: &TenantId, v: Option<&VaultName>) -> Result<()> {
-        let (t, v) = (t.as_str(), vs(v));
+    fn clear_scope(&self, tx: &mut dyn Transaction, tenant: &TenantId, v: Option<&VaultName>) -> Result<()> {
+        uncount_scope(tx, tenant, vs(v))?;
+        let (t, v) = (tenant.as_str(), vs(v));
         for prefix in [
             ks::roles(t, v),
             ks::bindings(t, v),
             ks::binding_index_of_scope(t, v),
             ks::memberships(t, v),
             ks::member_index_of_scope(t, v),
-            ks::counts_of_scope(t, v),
         ] {
             let (b, e) = tuple::prefix_range(&prefix);
             tx.clear_range(&b, &e)?;
@@ -484,18 +739,17 @@ impl Repo {
         validate::vault(&v)?;
         let (r, version) = self.run(|tx| {
             let key = ks::vault(v.tenant.as_str(), v.name.as_str());
-            let existing = read::<Vault>(tx, &key)?;
+            let existing = read_existing::<Vault>(tx, &key)?;
             expect_revision(
                 &format!("vault {} in tenant {}", v.name, v.tenant),
                 expected,
-                existing.as_ref().map(|(_, r)| *r),
+                existing.revision(),
             )?;
-            let tenant = tenant_required(tx, &v.tenant, "vaults")?;
+            tenant_required(tx, &v.tenant, "vaults")?;
             let counted = Counted {
-                tenant: &tenant,
+                tenant: &v.tenant,
                 vault: Some(v.name.as_str()),
                 kind: VAULTS,
-                max: tenant.limits.max_vaults,
             };
             upsert(tx, &key, &v, existing, Some(counted), Change::PutVault(v.clone()))
         })?;
@@ -522,10 +776,11 @@ impl Repo {
     pub fn delete_vault(&self, t: &TenantId, name: &VaultName, expected: Option<u64>) -> Result<u64> {
         let (_, version) = self.run(|tx| {
             let key = ks::vault(t.as_str(), name.as_str());
-            let Some((_, rev)) = read::<Vault>(tx, &key)? else {
+            let existing = read_existing::<Vault>(tx, &key)?;
+            if !existing.exists() {
                 return Err(ServiceError::NotFound(format!("vault {name} not found in tenant {t}")));
-            };
-            expect_revision(&format!("vault {name} in tenant {t}"), expected, Some(rev))?;
+            }
+            expect_revision(&format!("vault {name} in tenant {t}"), expected, existing.revision())?;
             self.clear_scope(tx, t, Some(name))?;
             tx.clear(&key);
             append_changelog(
@@ -546,16 +801,18 @@ impl Repo {
         validate::role(&r)?;
         let (res, version) = self.run(|tx| {
             let key = ks::role(r.tenant.as_str(), vs(r.vault.as_ref()), r.name.as_str());
-            let existing = read::<Role>(tx, &key)?;
-            expect_revision(
-                &format!("role {}", r.name),
-                expected,
-                existing.as_ref().map(|(_, rv)| *rv),
-            )?;
-            let tenant = scope_required(tx, &r.tenant, r.vault.as_ref(), "roles")?;
+            let existing = read_existing::<Role>(tx, &key)?;
+            expect_revision(&format!("role {}", r.name), expected, existing.revision())?;
+            scope_required(tx, &r.tenant, r.vault.as_ref(), "roles")?;
             let cycle = validate::inherits_cycle(&r, |scope, name| {
                 let k = ks::role(scope.tenant.as_str(), vs(scope.vault.as_ref()), name.as_str());
-                Ok::<_, ServiceError>(read::<Role>(tx, &k)?.map(|(role, _)| role.inherits))
+                // A role that cannot be read inherits nothing, as far as
+                // cycles go: the index has quarantined its scope anyway.
+                Ok::<_, ServiceError>(match read_existing::<Role>(tx, &k)? {
+                    Existing::Found(role, _) => Some(role.inherits),
+                    Existing::Corrupt(_) => Some(Vec::new()),
+                    Existing::Absent => None,
+                })
             })?;
             if let Some(cycle) = cycle {
                 let path: Vec<String> = cycle.iter().map(|k| k.to_string()).collect();
@@ -565,10 +822,9 @@ impl Repo {
                 ));
             }
             let counted = Counted {
-                tenant: &tenant,
+                tenant: &r.tenant,
                 vault: vs(r.vault.as_ref()),
                 kind: ROLES,
-                max: tenant.limits.max_roles,
             };
             upsert(tx, &key, &r, existing, Some(counted), Change::PutRole(r.clone()))
         })?;
@@ -607,15 +863,16 @@ impl Repo {
     ) -> Result<u64> {
         let (_, version) = self.run(|tx| {
             let key = ks::role(t.as_str(), vs(v), name.as_str());
-            let Some((_, rev)) = read::<Role>(tx, &key)? else {
+            let existing = read_existing::<Role>(tx, &key)?;
+            if !existing.exists() {
                 return Err(ServiceError::NotFound(format!(
                     "role {name} not found in {}",
                     scope_of(t, v)
                 )));
-            };
-            expect_revision(&format!("role {name}"), expected, Some(rev))?;
+            }
+            expect_revision(&format!("role {name}"), expected, existing.revision())?;
             tx.clear(&key);
-            tx.atomic_add(&ks::count(t.as_str(), vs(v), ROLES), -1);
+            add_count(tx, t, vs(v), ROLES, -1);
             append_changelog(
                 tx,
                 &[Change::DeleteRole {
@@ -660,9 +917,7 @@ impl Repo {
                 );
             }
             if let Err(e) = validate::binding(b) {
-                for f in e.0 {
-                    viol.push(format!("upserts[{i}].{}", f.field), f.rule);
-                }
+                viol.extend(e.prefixed(&format!("upserts[{i}].")));
             }
             if !ids.insert(b.id.as_str()) {
                 viol.push(format!("upserts[{i}].id"), "appears twice in this request");
@@ -673,14 +928,18 @@ impl Repo {
         }
         viol.into_result()?;
         self.run(|tx| {
-            let tenant = scope_required(tx, t, v, "bindings")?;
+            scope_required(tx, t, v, "bindings")?;
             let mut changes = Vec::new();
             let mut added: i64 = 0;
             let (mut up, mut del) = (0u32, 0u32);
             let mut to_delete: BTreeSet<String> = deletes.iter().cloned().collect();
             if let Some(src) = replace_source {
                 for (k, val) in range_prefix(tx, &ks::bindings(t.as_str(), vs(v)), RangeOpts::default())? {
-                    let (b, _): (Binding, u64) = decode(&k, &val)?;
+                    // A record that cannot be read has no known source: it
+                    // is left for an explicit delete.
+                    let Ok((b, _)) = decode::<Binding>(&k, &val) else {
+                        continue;
+                    };
                     if b.source == src && !ids.contains(b.id.as_str()) {
                         to_delete.insert(b.id);
                     }
@@ -688,10 +947,9 @@ impl Repo {
             }
             for b in upserts {
                 let key = ks::binding(t.as_str(), vs(v), &b.id);
-                let existing = read::<Binding>(tx, &key)?;
-                match &existing {
-                    Some((old, _)) if old == b => continue,
-                    Some((old, _)) => {
+                match read_existing::<Binding>(tx, &key)? {
+                    Existing::Found(old, _) if old == *b => continue,
+                    Existing::Found(old, _) => {
                         tx.clear(&ks::binding_by_subject(
                             t.as_str(),
                             vs(v),
@@ -702,7 +960,10 @@ impl Repo {
                             tx.clear(&ks::expiry(e.0, t.as_str(), vs(v), &old.id));
                         }
                     }
-                    None => added += 1,
+                    // Its expiry row, if any, is dropped by the purge job,
+                    // which finds no expired binding behind it.
+                    Existing::Corrupt(_) => clear_subject_rows_of(tx, t.as_str(), vs(v), &b.id)?,
+                    Existing::Absent => added += 1,
                 }
                 write(tx, &key, b)?;
                 tx.set(
@@ -720,11 +981,17 @@ impl Repo {
                     continue;
                 }
                 let key = ks::binding(t.as_str(), vs(v), id);
-                if let Some((old, _)) = read::<Binding>(tx, &key)? {
+                let existing = read_existing::<Binding>(tx, &key)?;
+                if existing.exists() {
                     tx.clear(&key);
-                    tx.clear(&ks::binding_by_subject(t.as_str(), vs(v), old.subject.as_str(), id));
-                    if let Some(e) = old.expires_at {
-                        tx.clear(&ks::expiry(e.0, t.as_str(), vs(v), id));
+                    match existing {
+                        Existing::Found(old, _) => {
+                            tx.clear(&ks::binding_by_subject(t.as_str(), vs(v), old.subject.as_str(), id));
+                            if let Some(e) = old.expires_at {
+                                tx.clear(&ks::expiry(e.0, t.as_str(), vs(v), id));
+                            }
+                        }
+                        _ => clear_subject_rows_of(tx, t.as_str(), vs(v), id)?,
                     }
                     changes.push(Change::DeleteBinding {
                         scope: scope_of(t, v),
@@ -735,12 +1002,9 @@ impl Repo {
                 }
             }
             if added > 0 {
-                let u = usage(tx, t.as_str())?;
-                check_limit(BINDINGS, &tenant, u.bindings, added as u64, tenant.limits.max_bindings)?;
+                check_limits(tx, t, BINDINGS, added as u64, false)?;
             }
-            if added != 0 {
-                tx.atomic_add(&ks::count(t.as_str(), vs(v), BINDINGS), added);
-            }
+            add_count(tx, t, vs(v), BINDINGS, added);
             append_changelog(tx, &changes)?;
             Ok((up, del))
         })
@@ -827,9 +1091,7 @@ impl Repo {
                     );
                 }
                 if let Err(e) = validate::membership(m) {
-                    for f in e.0 {
-                        viol.push(format!("{field}[{i}].{}", f.field), f.rule);
-                    }
+                    viol.extend(e.prefixed(&format!("{field}[{i}].")));
                 }
             }
         }
@@ -842,7 +1104,9 @@ impl Repo {
             let mut to_delete: Vec<Membership> = deletes.to_vec();
             if let Some(src) = replace_source {
                 for (k, val) in range_prefix(tx, &ks::memberships(t.as_str(), vs(v)), RangeOpts::default())? {
-                    let (m, _): (Membership, u64) = decode(&k, &val)?;
+                    let Ok((m, _)) = decode::<Membership>(&k, &val) else {
+                        continue;
+                    };
                     if m.source == src && !keep.contains(&(m.group.as_str(), m.member.as_str())) {
                         to_delete.push(m);
                     }
@@ -850,7 +1114,7 @@ impl Repo {
             }
             for m in upserts {
                 let key = ks::membership(t.as_str(), vs(v), m.group.as_str(), m.member.as_str());
-                if let Some((old, _)) = read::<Membership>(tx, &key)?
+                if let Existing::Found(old, _) = read_existing::<Membership>(tx, &key)?
                     && old == *m
                 {
                     continue;
@@ -950,13 +1214,18 @@ impl Repo {
 
     // ---- the index feed ---------------------------------------------------
 
-    /// Everything in the store as changes, for building an index, and the
-    /// version it was read at. Tailing the feed from that version afterwards
-    /// repairs anything a chunked read missed (changes are idempotent).
-    pub fn load_all(&self) -> Result<(Vec<Change>, u64)> {
+    /// Everything in the store as changes, for building an index, the
+    /// records that could not be read, and the version it was read at.
+    /// Tailing the feed from that version afterwards repairs anything a
+    /// chunked read missed (changes are idempotent).
+    pub fn load_all(&self) -> Result<Loaded> {
         const CHUNK: usize = 10_000;
         let version = self.current_version()?;
-        let mut changes = Vec::new();
+        let mut out = Loaded {
+            changes: Vec::new(),
+            corrupt: Vec::new(),
+            version,
+        };
         let root = ks::root();
         for kind in ["t", "v", "r", "b", "m"] {
             let (begin, end) = tuple::prefix_range(&root.clone().str(kind).into_vec());
@@ -976,13 +1245,19 @@ impl Repo {
                     )?)
                 })?;
                 for (k, val) in &rows {
-                    changes.push(match kind {
-                        "t" => Change::PutTenant(decode(k, val)?.0),
-                        "v" => Change::PutVault(decode(k, val)?.0),
-                        "r" => Change::PutRole(decode(k, val)?.0),
-                        "b" => Change::PutBinding(decode(k, val)?.0),
-                        _ => Change::PutMembership(decode(k, val)?.0),
-                    });
+                    let change = match kind {
+                        "t" => decode(k, val).map(|x| Change::PutTenant(x.0)),
+                        "v" => decode(k, val).map(|x| Change::PutVault(x.0)),
+                        "r" => decode(k, val).map(|x| Change::PutRole(x.0)),
+                        "b" => decode(k, val).map(|x| Change::PutBinding(x.0)),
+                        _ => decode(k, val).map(|x| Change::PutMembership(x.0)),
+                    };
+                    match change {
+                        Ok(c) => out.changes.push(c),
+                        // One bad record must not stop the index: its scope
+                        // is quarantined, everything else loads.
+                        Err(e) => out.corrupt.push(CorruptRecord::of_key(k, e.to_string())),
+                    }
                 }
                 if rows.len() < CHUNK {
                     break;
@@ -992,11 +1267,13 @@ impl Repo {
                 cursor = next;
             }
         }
-        Ok((changes, version))
+        Ok(out)
     }
 
     /// Feed entries after `after`, oldest first, and the version read at.
-    pub fn read_feed(&self, after: u64, limit: usize) -> Result<(Vec<LogEntry>, u64)> {
+    /// A change that does not decode is returned as a [`CorruptRecord`]
+    /// beside the others, so one bad change never stops the index.
+    pub fn read_feed(&self, after: u64, limit: usize) -> Result<(Vec<FeedEntry>, u64)> {
         let (r, _) = self.run(|tx| {
             let read_at = tx.read_version()?;
             let (_, end) = tuple::prefix_range(&ks::feed());
@@ -1012,17 +1289,34 @@ impl Repo {
             )?;
             let mut out = Vec::with_capacity(rows.len());
             for (k, v) in rows {
-                out.push((
-                    key_version(&k)?,
-                    serde_json::from_slice(&v).map_err(|e| corrupt(&k, e))?,
-                ));
+                let mut entry = FeedEntry {
+                    version: key_version(&k)?,
+                    changes: Vec::new(),
+                    corrupt: Vec::new(),
+                };
+                match serde_json::from_slice::<Vec<serde_json::Value>>(&v) {
+                    Ok(raw) => {
+                        for c in raw {
+                            match serde_json::from_value::<Change>(c.clone()) {
+                                Ok(c) => entry.changes.push(c),
+                                Err(e) => entry.corrupt.push(CorruptRecord::of_change(&c, e.to_string())),
+                            }
+                        }
+                    }
+                    Err(e) => entry.corrupt.push(CorruptRecord {
+                        scope: None,
+                        object: format!("feed entry {}", token(entry.version)),
+                        detail: e.to_string(),
+                    }),
+                }
+                out.push(entry);
             }
             // A full page stops short of the read version, possibly inside a
             // version (several commits of one FoundationDB batch share it):
             // resume just before its last version, re-applying what was
             // already applied (changes are idempotent).
             let upto = if limit > 0 && out.len() == limit {
-                let last = out.last().map(|(v, _)| *v).unwrap_or(after);
+                let last = out.last().map(|e| e.version).unwrap_or(after);
                 if last.saturating_sub(1) > after { last - 1 } else { last }
             } else {
                 read_at
@@ -1114,6 +1408,22 @@ pub fn key_version(k: &[u8]) -> Result<u64> {
         Some(tuple::Elem::Versionstamp(vs)) => Ok(tuple::versionstamp_version(vs)),
         _ => Err(corrupt(k, "expected a versionstamped key")),
     }
+}
+
+/// What [`Repo::load_all`] read.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub changes: Vec<Change>,
+    pub corrupt: Vec<CorruptRecord>,
+    pub version: u64,
+}
+
+/// One commit of the feed.
+#[derive(Debug, Clone)]
+pub struct FeedEntry {
+    pub version: u64,
+    pub changes: Vec<Change>,
+    pub corrupt: Vec<CorruptRecord>,
 }
 
 #[derive(Debug, Clone)]

@@ -2,7 +2,6 @@
 //! reflection, metrics, leadership and jobs are put together.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use portcullis_proto::v1::permission_service_server::PermissionServiceServer;
 use portcullis_proto::v1::watch_service_server::WatchServiceServer;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::api::admin::AdminApi;
@@ -27,6 +26,8 @@ use crate::jobs::{self, JobOptions};
 use crate::repo::Repo;
 use crate::store::{self, Backend, StoreError};
 use crate::telemetry;
+pub use crate::transport::TlsFiles;
+use crate::transport::{self, TlsError, TlsReloader};
 
 pub const SERVICES: [&str; 4] = [
     "portcullis.v1.PermissionService",
@@ -34,14 +35,6 @@ pub const SERVICES: [&str; 4] = [
     "portcullis.v1.WatchService",
     "portcullis.v1.DiagnosticsService",
 ];
-
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// Require client certificates signed by this CA (mTLS).
-    pub client_ca: Option<PathBuf>,
-}
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -58,6 +51,11 @@ pub struct ServeOptions {
     /// shutdown, so load balancers stop sending first.
     pub drain_delay: Duration,
     pub jobs: JobOptions,
+    /// Health turns NOT_SERVING while the index has trailed the store for
+    /// longer than this, so traffic goes to replicas that are current.
+    pub max_index_lag: Duration,
+    /// How often the keys file and the TLS files are checked for changes.
+    pub reload_interval: Duration,
 }
 
 impl ServeOptions {
@@ -74,6 +72,8 @@ impl ServeOptions {
             consistency_wait: Duration::from_secs(5),
             drain_delay: Duration::ZERO,
             jobs: JobOptions::default(),
+            max_index_lag: Duration::from_secs(30),
+            reload_interval: Duration::from_secs(5),
         }
     }
 }
@@ -91,7 +91,9 @@ pub enum StartError {
     #[error("cannot prepare the store: {0}")]
     Prepare(#[from] ServiceError),
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] TlsError),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(String),
     #[error("cannot listen on {addr}: {error}")]
     Bind { addr: SocketAddr, error: std::io::Error },
     #[error("cannot install a signal handler: {0}")]
@@ -144,13 +146,52 @@ impl Running {
     }
 }
 
-fn tls_config(t: &TlsFiles) -> Result<ServerTlsConfig, StartError> {
-    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| StartError::Tls(format!("cannot read {}: {e}", p.display())));
-    let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(read(&t.cert)?, read(&t.key)?));
-    if let Some(ca) = &t.client_ca {
-        cfg = cfg.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(cfg)
+/// Re-reads the keys file and the TLS files every `every`, until shutdown.
+fn spawn_reloader(
+    keys: crate::api::auth::Keys,
+    tls: Option<Arc<TlsReloader>>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    // Polling, not inotify: Kubernetes updates a mounted Secret by swapping a
+    // symlink to a new directory, which file watches on the old paths miss;
+    // a content hash every few seconds catches every rotation.
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let (k, t) = (keys.clone(), tls.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                match k.reload() {
+                    Ok(true) => {
+                        tracing::info!("API keys file changed; the new keys are in force");
+                        telemetry::CONFIG_RELOADS.with_label_values(&["keys", "ok"]).inc();
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "the API keys file changed but cannot be used; the previous keys stay in force");
+                        telemetry::CONFIG_RELOADS.with_label_values(&["keys", "error"]).inc();
+                    }
+                }
+                if let Some(t) = t {
+                    match t.reload() {
+                        Ok(true) => {
+                            tracing::info!("TLS files changed; new connections use the new certificate");
+                            telemetry::CONFIG_RELOADS.with_label_values(&["tls", "ok"]).inc();
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "the TLS files changed but cannot be used; the previous certificate stays in use");
+                            telemetry::CONFIG_RELOADS.with_label_values(&["tls", "error"]).inc();
+                        }
+                    }
+                }
+            })
+            .await;
+        }
+    })
 }
 
 /// Opens the store, starts serving (health NOT_SERVING), loads the index in
@@ -161,7 +202,16 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
             return Err(StartError::Unauthenticated(opts.listen));
         }
         tracing::warn!(listen = %opts.listen, "serving WITHOUT authentication (loopback only); pass --auth-keys-file to require API keys");
+        if let Some(m) = opts.metrics_listen
+            && !m.ip().is_loopback()
+        {
+            tracing::warn!(metrics = %m, "metrics are exposed beyond loopback on a server without API keys");
+        }
     }
+    let tls = match &opts.tls {
+        Some(files) => Some(TlsReloader::new(files.clone())?),
+        None => None,
+    };
     let backend = opts.backend.clone();
     let store = tokio::task::spawn_blocking(move || store::open(&backend))
         .await
@@ -189,12 +239,12 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         .register_encoded_file_descriptor_set(portcullis_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| StartError::Tls(format!("reflection: {e}")))?;
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(portcullis_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
-        .map_err(|e| StartError::Tls(format!("reflection: {e}")))?;
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
 
     let max = opts.max_message_bytes;
     let keys = &opts.keys;
@@ -230,16 +280,9 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         error,
     })?;
 
-    let mut builder = Server::builder()
+    let router = Server::builder()
         .timeout(opts.request_timeout)
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)));
-    if let Some(t) = &opts.tls {
-        builder = builder
-            .tls_config(tls_config(t)?)
-            .map_err(|e| StartError::Tls(e.to_string()))?;
-    }
-    let router = builder
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -248,14 +291,13 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         .add_service(watch_svc)
         .add_service(diagnostics);
     let mut srx = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        router
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = srx.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let stop = async move {
+        let _ = srx.wait_for(|s| *s).await;
+    };
+    let server = match tls.clone() {
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(transport::tls(listener, tls), stop)),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(transport::plain(listener), stop)),
+    };
     tracing::info!(%addr, store = store.backend(), %store_id, "listening");
 
     let metrics_addr = match opts.metrics_listen {
@@ -273,9 +315,15 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
     };
 
     // Load the index, then serve, follow the changelog and run jobs.
-    let mut background = Vec::new();
+    let mut background = vec![spawn_reloader(
+        opts.keys.clone(),
+        tls,
+        opts.reload_interval,
+        shutdown_rx.clone(),
+    )];
     {
         let (state, health, repo, jobs_opts) = (state.clone(), health.clone(), repo.clone(), opts.jobs.clone());
+        let max_index_lag = opts.max_index_lag;
         let shutdown_rx = shutdown_rx.clone();
         background.push(tokio::spawn(async move {
             let r = repo.clone();
@@ -297,9 +345,11 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
                 health.set_service_status(*s, ServingStatus::Serving).await;
             }
             tracing::info!("serving");
+            let lag = spawn_lag_monitor(index.clone(), health, max_index_lag, shutdown_rx.clone());
             let jobs = jobs::spawn(repo, index, state.leader.clone(), jobs_opts, shutdown_rx);
             let _ = tailer.await;
             let _ = jobs.await;
+            let _ = lag.await;
         }));
     }
 
@@ -312,6 +362,47 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         health,
         drain_delay: opts.drain_delay,
         background,
+    })
+}
+
+/// Reports NOT_SERVING while the index has trailed the store for longer
+/// than `max_lag` (a stuck tailer must not keep answering from stale
+/// data), SERVING again once it catches up.
+fn spawn_lag_monitor(
+    index: Arc<LiveIndex>,
+    health: tonic_health::server::HealthReporter,
+    max_lag: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut serving = true;
+        let every = (max_lag / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let behind = index.lagging_for().is_some_and(|d| d > max_lag);
+            if behind == serving {
+                serving = !behind;
+                if behind {
+                    tracing::error!(max_lag = ?max_lag, revision = index.revision(), "the index is stuck behind the store; reporting NOT_SERVING");
+                } else {
+                    tracing::info!("the index caught up with the store; reporting SERVING");
+                }
+                let status = if serving {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                if *shutdown.borrow() {
+                    return;
+                }
+                for s in SERVICES.iter().chain(std::iter::once(&"")) {
+                    health.set_service_status(*s, status).await;
+                }
+            }
+        }
     })
 }
 

@@ -125,6 +125,33 @@ pub static INDEX_DIVERGENCE: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("valid metric"))
 });
 
+pub static INDEX_CORRUPT: LazyLock<IntCounter> = LazyLock::new(|| {
+    reg(IntCounter::new(
+        "portcullis_index_corrupt_records_total",
+        "Stored records or feed changes the index could not read (their scope is quarantined).",
+    )
+    .expect("valid metric"))
+});
+
+pub static INDEX_QUARANTINED: LazyLock<IntGauge> = LazyLock::new(|| {
+    reg(IntGauge::new(
+        "portcullis_index_quarantined_scopes",
+        "Vaults or tenant levels in quarantine: their checks answer UNAVAILABLE until repaired.",
+    )
+    .expect("valid metric"))
+});
+
+pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    reg(IntCounterVec::new(
+        Opts::new(
+            "portcullis_config_reloads_total",
+            "Re-reads of the API keys file and the TLS files after they changed, by result.",
+        ),
+        &["what", "result"],
+    )
+    .expect("valid metric"))
+});
+
 pub static TENANT_USAGE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     reg(IntGaugeVec::new(
         Opts::new(
@@ -214,6 +241,9 @@ pub fn render() -> String {
         &*JOB_RUNS,
         &*JOB_SECONDS,
         &*INDEX_DIVERGENCE,
+        &*INDEX_CORRUPT,
+        &*INDEX_QUARANTINED,
+        &*CONFIG_RELOADS,
         &*TENANT_USAGE,
         &*TENANTS_OVER_LIMIT,
     );

@@ -499,6 +499,7 @@ async fn bad_input_gets_field_violations_and_the_right_codes() {
             max_vaults: 1,
             max_roles: 0,
             max_bindings: 2,
+            ..Default::default()
         }),
         ..tenant("acme")
     }))

@@ -8,12 +8,13 @@ use portcullis_proto::v1::admin_service_server::AdminService;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::confine::TenantFields;
 use super::convert::*;
 use super::{AppState, auth, blocking, observed, st, tenant_field};
 use crate::engine::ids::{Subject, TenantId, Violations};
 use crate::engine::model::{Binding, Membership, Role};
 use crate::error::ServiceError;
-use crate::repo::{IMPORT_CHUNK, parse_expected, token};
+use crate::repo::{Confinement, IMPORT_CHUNK, parse_expected, token};
 
 const SVC: &str = "portcullis.v1.AdminService";
 
@@ -46,6 +47,18 @@ impl AdminApi {
     }
 }
 
+/// What a confined key may do to the tenants of its subtrees (`None` for
+/// an unconfined key).
+fn confinement(caller: &auth::Caller, tenant: &str) -> Option<Confinement> {
+    caller.is_confined().then(|| Confinement {
+        key: caller.name.to_string(),
+        roots: caller
+            .roots_of(tenant)
+            .filter_map(|r| TenantId::parse(r).ok())
+            .collect(),
+    })
+}
+
 type Res<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
@@ -53,12 +66,16 @@ impl AdminService for AdminApi {
     async fn apply_tenant(&self, request: Request<pb::ApplyTenantRequest>) -> Res<pb::ApplyTenantResponse> {
         observed(SVC, "ApplyTenant", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let t = conv(tenant_from(&required(r.tenant, "tenant")?, "tenant"))?;
             caller.require_tenant(t.id.as_str())?;
             let expected = parse_expected(&r.expected_revision).map_err(st)?;
             let repo = self.state.repo.clone();
-            let a = blocking(move || repo.apply_tenant(t, expected)).await.map_err(st)?;
+            let conf = confinement(&caller, t.id.as_str());
+            let a = blocking(move || repo.apply_tenant(t, expected, conf.as_ref()))
+                .await
+                .map_err(st)?;
             self.after_write(a.revision).await;
             Ok(Response::new(pb::ApplyTenantResponse {
                 tenant: Some(tenant_to(&a.object, a.revision, None)),
@@ -72,6 +89,7 @@ impl AdminService for AdminApi {
     async fn get_tenant(&self, request: Request<pb::GetTenantRequest>) -> Res<pb::Tenant> {
         observed(SVC, "GetTenant", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             tenant_field("id", &r.id)?;
             caller.require_tenant(&r.id)?;
@@ -86,6 +104,7 @@ impl AdminService for AdminApi {
     async fn list_tenants(&self, request: Request<pb::ListTenantsRequest>) -> Res<pb::ListTenantsResponse> {
         observed(SVC, "ListTenants", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let under = if r.under.is_empty() {
                 match caller.confined_to() {
@@ -121,13 +140,17 @@ impl AdminService for AdminApi {
     async fn delete_tenant(&self, request: Request<pb::DeleteTenantRequest>) -> Res<pb::DeleteResponse> {
         observed(SVC, "DeleteTenant", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             tenant_field("id", &r.id)?;
             caller.require_tenant(&r.id)?;
             let id = TenantId::parse(&r.id).map_err(|e| st(ServiceError::invalid("id", e)))?;
             let expected = parse_expected(&r.expected_revision).map_err(st)?;
             let repo = self.state.repo.clone();
-            let rev = blocking(move || repo.delete_tenant(&id, expected)).await.map_err(st)?;
+            let conf = confinement(&caller, id.as_str());
+            let rev = blocking(move || repo.delete_tenant(&id, expected, conf.as_ref()))
+                .await
+                .map_err(st)?;
             self.after_write(rev).await;
             Ok(Response::new(pb::DeleteResponse { revision: token(rev) }))
         })
@@ -137,6 +160,7 @@ impl AdminService for AdminApi {
     async fn apply_vault(&self, request: Request<pb::ApplyVaultRequest>) -> Res<pb::ApplyVaultResponse> {
         observed(SVC, "ApplyVault", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let v = conv(vault_from(&required(r.vault, "vault")?, "vault"))?;
             caller.require_tenant(v.tenant.as_str())?;
@@ -156,6 +180,7 @@ impl AdminService for AdminApi {
     async fn get_vault(&self, request: Request<pb::GetVaultRequest>) -> Res<pb::Vault> {
         observed(SVC, "GetVault", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let mut v = Violations::new();
             let t = tenant_id(&mut v, "tenant", &r.tenant);
@@ -172,6 +197,7 @@ impl AdminService for AdminApi {
     async fn list_vaults(&self, request: Request<pb::ListVaultsRequest>) -> Res<pb::ListVaultsResponse> {
         observed(SVC, "ListVaults", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             tenant_field("tenant", &r.tenant)?;
             caller.require_tenant(&r.tenant)?;
@@ -191,6 +217,7 @@ impl AdminService for AdminApi {
     async fn delete_vault(&self, request: Request<pb::DeleteVaultRequest>) -> Res<pb::DeleteResponse> {
         observed(SVC, "DeleteVault", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let mut v = Violations::new();
             let t = tenant_id(&mut v, "tenant", &r.tenant);
@@ -211,6 +238,7 @@ impl AdminService for AdminApi {
     async fn apply_role(&self, request: Request<pb::ApplyRoleRequest>) -> Res<pb::ApplyRoleResponse> {
         observed(SVC, "ApplyRole", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let role = conv(role_from(&required(r.role, "role")?, "role"))?;
             caller.require_tenant(role.tenant.as_str())?;
@@ -240,6 +268,7 @@ impl AdminService for AdminApi {
     async fn get_role(&self, request: Request<pb::GetRoleRequest>) -> Res<pb::Role> {
         observed(SVC, "GetRole", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
             let name = crate::engine::RoleName::parse(&r.name).map_err(|e| st(ServiceError::invalid("name", e)))?;
@@ -256,6 +285,7 @@ impl AdminService for AdminApi {
     async fn list_roles(&self, request: Request<pb::ListRolesRequest>) -> Res<pb::ListRolesResponse> {
         observed(SVC, "ListRoles", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
             caller.require_tenant(t.as_str())?;
@@ -274,6 +304,7 @@ impl AdminService for AdminApi {
     async fn delete_role(&self, request: Request<pb::DeleteRoleRequest>) -> Res<pb::DeleteResponse> {
         observed(SVC, "DeleteRole", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
             let name = crate::engine::RoleName::parse(&r.name).map_err(|e| st(ServiceError::invalid("name", e)))?;
@@ -292,6 +323,7 @@ impl AdminService for AdminApi {
     async fn write_bindings(&self, request: Request<pb::WriteBindingsRequest>) -> Res<pb::WriteResponse> {
         observed(SVC, "WriteBindings", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
             caller.require_tenant(t.as_str())?;
@@ -300,7 +332,7 @@ impl AdminService for AdminApi {
             for (i, b) in r.upserts.iter().enumerate() {
                 match binding_from(b, &format!("upserts[{i}]"), &r.tenant, &r.vault) {
                     Ok(b) => upserts.push(b),
-                    Err(e) => v.0.extend(e.0),
+                    Err(e) => v.extend(e),
                 }
             }
             let replace = opt_source(&mut v, "replace_source", r.replace_source);
@@ -323,6 +355,7 @@ impl AdminService for AdminApi {
     async fn list_bindings(&self, request: Request<pb::ListBindingsRequest>) -> Res<pb::ListBindingsResponse> {
         observed(SVC, "ListBindings", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
             caller.require_tenant(t.as_str())?;
@@ -351,6 +384,7 @@ impl AdminService for AdminApi {
     async fn write_memberships(&self, request: Request<pb::WriteMembershipsRequest>) -> Res<pb::WriteResponse> {
         observed(SVC, "WriteMemberships", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
             caller.require_tenant(t.as_str())?;
@@ -360,7 +394,7 @@ impl AdminService for AdminApi {
                 for (i, m) in list.iter().enumerate() {
                     match membership_from(m, &format!("{field}[{i}]"), &r.tenant, &r.vault) {
                         Ok(m) => out.push(m),
-                        Err(e) => v.0.extend(e.0),
+                        Err(e) => v.extend(e),
                     }
                 }
                 out
@@ -387,6 +421,7 @@ impl AdminService for AdminApi {
     async fn list_memberships(&self, request: Request<pb::ListMembershipsRequest>) -> Res<pb::ListMembershipsResponse> {
         observed(SVC, "ListMemberships", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
             caller.require_tenant(t.as_str())?;
@@ -439,6 +474,9 @@ impl AdminService for AdminApi {
                 let done = msg.is_none();
                 if let Some(msg) = msg {
                     let m = msg?;
+                    // Every nested tenant is confined like the stream's own,
+                    // before any of the message is used.
+                    caller.require_all(&super::confine::import_fields(i, &m))?;
                     if scope.is_none() {
                         let (t, vn) = scope_fields(&m.tenant, &m.vault)?;
                         if vn.is_none() {
@@ -461,12 +499,19 @@ impl AdminService for AdminApi {
                     let field = format!("items[{i}]");
                     match m.item {
                         Some(pb::import_vault_request::Item::Role(mut r)) => {
-                            if r.tenant.is_empty() {
-                                r.tenant = t.clone();
+                            // A role of an import belongs to the imported
+                            // vault: naming another tenant or vault (even the
+                            // tenant level) is an error, never a write there.
+                            let mut v2 = Violations::new();
+                            if !r.tenant.is_empty() && r.tenant != t {
+                                v2.push(format!("{field}.role.tenant"), "must be the import's tenant, or empty");
                             }
-                            if r.vault.is_empty() {
-                                r.vault = v.clone();
+                            if !r.vault.is_empty() && r.vault != v {
+                                v2.push(format!("{field}.role.vault"), "must be the import's vault, or empty");
                             }
+                            v2.into_result().map_err(st)?;
+                            r.tenant = t.clone();
+                            r.vault = v.clone();
                             roles.push(conv(role_from(&r, &format!("{field}.role")))?);
                         }
                         Some(pb::import_vault_request::Item::Binding(b)) => {
@@ -533,6 +578,7 @@ impl AdminService for AdminApi {
     async fn export_vault(&self, request: Request<pb::ExportVaultRequest>) -> Res<Self::ExportVaultStream> {
         observed(SVC, "ExportVault", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let mut v = Violations::new();
             let t = tenant_id(&mut v, "tenant", &r.tenant);

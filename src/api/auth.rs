@@ -9,11 +9,18 @@
 //!     sha256: ...
 //!     scopes: [check]
 //!     tenants: [acme/docs]      # confined to these subtrees
+//!     rate_limit: 500           # requests per second, all RPCs together
 //! ```
 //!
 //! Only the SHA-256 of each secret is stored. A presented secret is hashed
 //! and compared with every key in constant time, so neither timing nor early
 //! exit tells which keys exist.
+//!
+//! The file is strict: an unknown field (`tenant:` for `tenants:`) would
+//! otherwise silently yield an unconfined key, so it is an error, as are two
+//! keys with the same name or the same secret. The file is re-read when it
+//! changes ([`Keys::reload`]); a file that fails to parse leaves the keys in
+//! force as they were.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -44,25 +51,32 @@ impl Scope {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct KeyFile {
     keys: Vec<KeyEntry>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct KeyEntry {
     name: String,
     sha256: String,
     scopes: Vec<Scope>,
     #[serde(default)]
     tenants: Vec<String>,
+    /// Requests per second this key may make, over all RPCs; 0 or absent
+    /// means no limit.
+    #[serde(default, alias = "rateLimit")]
+    rate_limit: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Key {
-    name: String,
+    name: Arc<str>,
     hash: [u8; 32],
     scopes: Vec<Scope>,
-    tenants: Vec<String>,
+    tenants: Arc<[String]>,
+    limiter: Option<Arc<crate::api::ratelimit::Limiter>>,
 }
 
 /// Who is calling, attached to each request by the interceptor.
@@ -90,24 +104,67 @@ impl Caller {
         &self.tenants
     }
 
+    /// Whether `tenant` is within the key's subtrees.
+    pub fn may_act_on(&self, tenant: &str) -> bool {
+        self.tenants.is_empty() || self.tenants.iter().any(|p| is_tenant_within(tenant, p))
+    }
+
     /// PERMISSION_DENIED unless `tenant` is within the key's subtrees.
     pub fn require_tenant(&self, tenant: &str) -> Result<(), Status> {
-        if self.tenants.is_empty() || self.tenants.iter().any(|p| is_tenant_within(tenant, p)) {
+        self.require_field("tenant", tenant)
+    }
+
+    /// PERMISSION_DENIED unless the tenant named at `field` is within the
+    /// key's subtrees. An empty field (one that defaults to the request's
+    /// tenant) passes: the request's own tenant is checked on its own.
+    pub fn require_field(&self, field: &str, tenant: &str) -> Result<(), Status> {
+        if tenant.is_empty() || self.may_act_on(tenant) {
             Ok(())
         } else {
-            Err(Status::permission_denied(format!(
-                "API key {} is confined to tenants {} and cannot act on tenant {tenant:?}",
-                self.name,
-                self.tenants.join(", ")
-            )))
+            Err(crate::api::status::confined(&self.name, &self.tenants, field, tenant))
         }
+    }
+
+    /// [`Caller::require_field`] for every tenant field of a request, nested
+    /// objects included ([`crate::api::confine`]), before anything is read
+    /// or written.
+    pub fn require_all(&self, fields: &crate::api::confine::Fields<'_>) -> Result<(), Status> {
+        for (field, tenant) in fields {
+            self.require_field(field, tenant)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `tenant` is the top of one of the key's subtrees: the key may
+    /// manage what is inside it, but not the tenant's own status, limits or
+    /// existence (an admin confined to `acme/eng` must not lift a
+    /// suspension of `acme/eng` or raise its limits).
+    pub fn is_confinement_root(&self, tenant: &str) -> bool {
+        self.tenants.iter().any(|p| p == tenant)
+    }
+
+    /// The confinement roots `tenant` lies in (its own subtree tops).
+    pub fn roots_of<'a>(&'a self, tenant: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.tenants
+            .iter()
+            .filter(move |p| is_tenant_within(tenant, p))
+            .map(|p| p.as_str())
     }
 }
 
 /// The configured keys; `None` when the server runs unauthenticated.
+/// Clones share the set, so a reload reaches every service.
 #[derive(Debug, Clone, Default)]
 pub struct Keys {
-    keys: Option<Arc<[Key]>>,
+    keys: Option<Arc<KeySet>>,
+}
+
+#[derive(Debug)]
+struct KeySet {
+    path: Option<std::path::PathBuf>,
+    current: arc_swap::ArcSwap<Vec<Key>>,
+    /// SHA-256 of the file as last read, so an unchanged file is not re-parsed.
+    seen: std::sync::Mutex<[u8; 32]>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,44 +184,56 @@ impl Keys {
         self.keys.is_some()
     }
 
-    pub fn load(path: &Path) -> Result<Keys, KeysError> {
-        let text = std::fs::read_to_string(path).map_err(|error| KeysError::Read {
-            path: path.display().to_string(),
-            error,
-        })?;
-        Keys::parse(&text).map_err(|error| KeysError::Parse {
+    fn read(path: &Path) -> Result<String, KeysError> {
+        std::fs::read_to_string(path).map_err(|error| KeysError::Read {
             path: path.display().to_string(),
             error,
         })
     }
 
+    pub fn load(path: &Path) -> Result<Keys, KeysError> {
+        let text = Self::read(path)?;
+        let keys = parse_keys(&text).map_err(|error| KeysError::Parse {
+            path: path.display().to_string(),
+            error,
+        })?;
+        Ok(Keys::from_set(Some(path.to_path_buf()), &text, keys))
+    }
+
     pub fn parse(text: &str) -> Result<Keys, String> {
-        let file: KeyFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
-        let mut keys = Vec::new();
-        for (i, k) in file.keys.into_iter().enumerate() {
-            let raw = hex::decode(k.sha256.trim())
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or_else(|| format!("keys[{i}].sha256: must be 64 hex digits (the SHA-256 of the secret)"))?;
-            if k.scopes.is_empty() {
-                return Err(format!("keys[{i}].scopes: list at least one of check, admin, watch"));
-            }
-            for (j, t) in k.tenants.iter().enumerate() {
-                crate::engine::ids::check_tenant_id(t).map_err(|rule| format!("keys[{i}].tenants[{j}]: {rule}"))?;
-            }
-            keys.push(Key {
-                name: k.name,
-                hash: raw,
-                scopes: k.scopes,
-                tenants: k.tenants,
-            });
+        Ok(Keys::from_set(None, text, parse_keys(text)?))
+    }
+
+    fn from_set(path: Option<std::path::PathBuf>, text: &str, keys: Vec<Key>) -> Keys {
+        Keys {
+            keys: Some(Arc::new(KeySet {
+                path,
+                current: arc_swap::ArcSwap::from_pointee(keys),
+                seen: std::sync::Mutex::new(Sha256::digest(text.as_bytes()).into()),
+            })),
         }
-        if keys.is_empty() {
-            return Err("keys: list at least one key".into());
+    }
+
+    /// Re-reads the keys file if it changed. `Ok(true)` when the new keys are
+    /// in force; on an error the keys stay as they were.
+    pub fn reload(&self) -> Result<bool, KeysError> {
+        let Some(set) = &self.keys else { return Ok(false) };
+        let Some(path) = &set.path else { return Ok(false) };
+        let text = Self::read(path)?;
+        let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        let mut seen = set.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen == digest {
+            return Ok(false);
         }
-        Ok(Keys {
-            keys: Some(keys.into()),
-        })
+        // This content has been judged, good or bad: it is not re-parsed
+        // (and re-logged) every poll.
+        *seen = digest;
+        let keys = parse_keys(&text).map_err(|error| KeysError::Parse {
+            path: path.display().to_string(),
+            error,
+        })?;
+        set.current.store(Arc::new(keys));
+        Ok(true)
     }
 
     /// The SHA-256 of a secret, as the keys file wants it.
@@ -172,8 +241,7 @@ impl Keys {
         hex::encode(Sha256::digest(secret.as_bytes()))
     }
 
-    fn authenticate(&self, secret: &str) -> Option<&Key> {
-        let keys = self.keys.as_deref()?;
+    fn authenticate<'k>(keys: &'k [Key], secret: &str) -> Option<&'k Key> {
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         let mut found: Option<&Key> = None;
         for k in keys {
@@ -201,9 +269,10 @@ impl Keys {
     }
 
     fn caller<T>(&self, req: &Request<T>, scope: Option<Scope>) -> Result<Caller, Status> {
-        if !self.is_enabled() {
+        let Some(set) = &self.keys else {
             return Ok(Caller::anonymous());
-        }
+        };
+        let keys = set.current.load();
         let header = req
             .metadata()
             .get("authorization")
@@ -215,9 +284,7 @@ impl Keys {
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or_else(|| Status::unauthenticated("the authorization header must be 'Bearer <key>'"))?;
-        let key = self
-            .authenticate(secret.trim())
-            .ok_or_else(|| Status::unauthenticated("unknown API key"))?;
+        let key = Self::authenticate(&keys, secret.trim()).ok_or_else(|| Status::unauthenticated("unknown API key"))?;
         if let Some(scope) = scope
             && !key.scopes.contains(&scope)
         {
@@ -227,11 +294,58 @@ impl Keys {
                 scope.name()
             )));
         }
+        if let Some(l) = &key.limiter {
+            l.take(1).map_err(|retry| {
+                crate::api::status::rate_limited(retry, "rate_limit", &format!("API key {}", key.name), l.per_second())
+            })?;
+        }
         Ok(Caller {
-            name: key.name.as_str().into(),
-            tenants: key.tenants.clone().into(),
+            name: key.name.clone(),
+            tenants: key.tenants.clone(),
         })
     }
+}
+
+fn parse_keys(text: &str) -> Result<Vec<Key>, String> {
+    let file: KeyFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    let mut keys: Vec<Key> = Vec::new();
+    for (i, k) in file.keys.into_iter().enumerate() {
+        if k.name.trim().is_empty() {
+            return Err(format!("keys[{i}].name: must not be empty"));
+        }
+        let raw = hex::decode(k.sha256.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| format!("keys[{i}].sha256: must be 64 hex digits (the SHA-256 of the secret)"))?;
+        if k.scopes.is_empty() {
+            return Err(format!("keys[{i}].scopes: list at least one of check, admin, watch"));
+        }
+        for (j, t) in k.tenants.iter().enumerate() {
+            crate::engine::ids::check_tenant_id(t).map_err(|rule| format!("keys[{i}].tenants[{j}]: {rule}"))?;
+        }
+        if let Some(j) = keys.iter().position(|o| *o.name == *k.name) {
+            return Err(format!(
+                "keys[{i}].name: {:?} is already the name of keys[{j}]; names must be unique",
+                k.name
+            ));
+        }
+        if let Some(j) = keys.iter().position(|o| o.hash == raw) {
+            return Err(format!(
+                "keys[{i}].sha256: the same secret as keys[{j}]; every key needs its own secret"
+            ));
+        }
+        keys.push(Key {
+            name: k.name.into(),
+            hash: raw,
+            scopes: k.scopes,
+            tenants: k.tenants.into(),
+            limiter: (k.rate_limit > 0).then(|| Arc::new(crate::api::ratelimit::Limiter::new(k.rate_limit))),
+        });
+    }
+    if keys.is_empty() {
+        return Err("keys: list at least one key".into());
+    }
+    Ok(keys)
 }
 
 /// The caller the interceptor attached.
@@ -313,5 +427,56 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.contains("unknown variant"), "{e}");
+    }
+
+    #[test]
+    fn misspelled_fields_and_duplicates_are_rejected() {
+        // `tenant:` for `tenants:` would otherwise yield an unconfined key.
+        let e = Keys::parse(&format!(
+            "keys:\n  - name: x\n    sha256: {}\n    scopes: [check]\n    tenant: [acme]\n",
+            Keys::hash("a")
+        ))
+        .unwrap_err();
+        assert!(e.contains("unknown field `tenant`"), "{e}");
+        let e = Keys::parse(&format!(
+            "keys:\n  - name: x\n    sha256: {}\n    scopes: [check]\n  - name: x\n    sha256: {}\n    scopes: [check]\n",
+            Keys::hash("a"),
+            Keys::hash("b")
+        ))
+        .unwrap_err();
+        assert!(e.contains("keys[1].name"), "{e}");
+        let e = Keys::parse(&format!(
+            "keys:\n  - name: x\n    sha256: {}\n    scopes: [check]\n  - name: y\n    sha256: {}\n    scopes: [admin]\n",
+            Keys::hash("a"),
+            Keys::hash("a")
+        ))
+        .unwrap_err();
+        assert!(e.contains("keys[1].sha256: the same secret as keys[0]"), "{e}");
+    }
+
+    #[test]
+    fn reload_swaps_keys_and_keeps_them_on_a_bad_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.yaml");
+        let file = |secret: &str| {
+            format!(
+                "keys:\n  - name: k\n    sha256: {}\n    scopes: [check]\n",
+                Keys::hash(secret)
+            )
+        };
+        std::fs::write(&path, file("one")).unwrap();
+        let keys = Keys::load(&path).unwrap();
+        assert!(keys.caller(&req(Some("Bearer one")), None).is_ok());
+        assert!(!keys.reload().unwrap(), "unchanged");
+        std::fs::write(&path, file("two")).unwrap();
+        assert!(keys.reload().unwrap());
+        assert!(keys.caller(&req(Some("Bearer one")), None).is_err());
+        assert!(keys.caller(&req(Some("Bearer two")), None).is_ok());
+        std::fs::write(&path, "keys: [ { name: broken } ]").unwrap();
+        assert!(keys.reload().is_err());
+        assert!(
+            keys.caller(&req(Some("Bearer two")), None).is_ok(),
+            "a bad file keeps the old keys"
+        );
     }
 }

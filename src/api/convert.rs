@@ -38,12 +38,9 @@ pub fn subject(v: &mut Violations, field: &str, s: &str) -> Option<Subject> {
     v.check(field, Subject::parse(s))
 }
 
-pub fn ts_from(t: &prost_types::Timestamp) -> Timestamp {
-    Timestamp(
-        t.seconds
-            .saturating_mul(1_000_000)
-            .saturating_add(i64::from(t.nanos) / 1000),
-    )
+/// A protobuf timestamp, range-checked (years 0001 to 9999).
+pub fn ts_from(v: &mut Violations, field: &str, t: &prost_types::Timestamp) -> Option<Timestamp> {
+    v.check(field, Timestamp::from_unix(t.seconds, t.nanos))
 }
 pub fn ts_to(t: Timestamp) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -96,6 +93,9 @@ pub fn tenant_from(p: &pb::Tenant, prefix: &str) -> Conv<Tenant> {
         max_vaults: l.max_vaults,
         max_roles: l.max_roles,
         max_bindings: l.max_bindings,
+        max_tenants: l.max_tenants,
+        max_checks_per_second: l.max_checks_per_second,
+        max_writes_per_second: l.max_writes_per_second,
     });
     match id {
         Some(id) if v.is_empty() => Ok(Tenant {
@@ -121,6 +121,9 @@ pub fn tenant_to(t: &Tenant, revision: u64, usage: Option<Usage>) -> pb::Tenant 
             max_vaults: t.limits.max_vaults,
             max_roles: t.limits.max_roles,
             max_bindings: t.limits.max_bindings,
+            max_tenants: t.limits.max_tenants,
+            max_checks_per_second: t.limits.max_checks_per_second,
+            max_writes_per_second: t.limits.max_writes_per_second,
         }),
         labels: t.labels.clone().into_iter().collect(),
         revision: if revision > 0 { token(revision) } else { String::new() },
@@ -266,6 +269,14 @@ pub fn binding_from(p: &pb::Binding, prefix: &str, tenant: &str, vault: &str) ->
         }
     };
     let source = source_from(&mut v, &path(prefix, "source"), p.source);
+    let not_before = p
+        .not_before
+        .as_ref()
+        .and_then(|t| ts_from(&mut v, &path(prefix, "not_before"), t));
+    let expires_at = p
+        .expires_at
+        .as_ref()
+        .and_then(|t| ts_from(&mut v, &path(prefix, "expires_at"), t));
     match (t, vn, subj, grant) {
         (Some(tenant), Some(vault), Some(subject), Some(grant)) if v.is_empty() => Ok(Binding {
             id: p.id.clone(),
@@ -275,8 +286,8 @@ pub fn binding_from(p: &pb::Binding, prefix: &str, tenant: &str, vault: &str) ->
             grant,
             scope: p.scope.clone(),
             condition: (!p.condition.trim().is_empty()).then(|| p.condition.clone()),
-            not_before: p.not_before.as_ref().map(ts_from),
-            expires_at: p.expires_at.as_ref().map(ts_from),
+            not_before,
+            expires_at,
             labels: p.labels.clone().into_iter().collect(),
             source,
         }),

@@ -23,7 +23,20 @@ impl DiagnosticsService for DiagnosticsApi {
     ) -> Result<Response<pb::GetServerInfoResponse>, Status> {
         observed(SVC, "GetServerInfo", async {
             let index = self.state.index()?;
+            let quarantined = index
+                .engine()
+                .quarantined()
+                .scopes
+                .iter()
+                .map(|(scope, bad)| pb::QuarantinedScope {
+                    tenant: scope.tenant.to_string(),
+                    vault: scope.vault.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                    objects: bad.keys().cloned().collect(),
+                    detail: bad.values().next().cloned().unwrap_or_default(),
+                })
+                .collect();
             Ok(Response::new(pb::GetServerInfoResponse {
+                quarantined,
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 store_id: self.state.store_id.clone(),
                 store_backend: self.state.repo.store.backend().to_string(),

@@ -5,9 +5,11 @@
 
 pub mod admin;
 pub mod auth;
+pub mod confine;
 pub mod convert;
 pub mod diagnostics;
 pub mod permission;
+pub mod ratelimit;
 pub mod status;
 pub mod watch;
 

@@ -6,6 +6,7 @@ use portcullis_proto::v1 as pb;
 use portcullis_proto::v1::permission_service_server::PermissionService;
 use tonic::{Request, Response, Status};
 
+use super::confine::TenantFields;
 use super::convert::{effect_to, scope_strings, source_to, statement_to, struct_to_json, ts_to};
 use super::{AppState, auth, observed, st, tenant_field};
 use crate::engine::{
@@ -140,6 +141,7 @@ impl PermissionService for PermissionApi {
     ) -> Result<Response<pb::CheckPermissionResponse>, Status> {
         observed(SVC, "CheckPermission", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
             let ctx = context_of(&r.context);
@@ -164,6 +166,7 @@ impl PermissionService for PermissionApi {
     ) -> Result<Response<pb::CheckBulkPermissionsResponse>, Status> {
         observed(SVC, "CheckBulkPermissions", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             if r.items.len() > MAX_BULK {
                 return Err(st(ServiceError::invalid(
@@ -215,6 +218,7 @@ impl PermissionService for PermissionApi {
     ) -> Result<Response<pb::LookupResourcesResponse>, Status> {
         observed(SVC, "LookupResources", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
             let f = index
@@ -239,6 +243,7 @@ impl PermissionService for PermissionApi {
     ) -> Result<Response<pb::LookupSubjectsResponse>, Status> {
         observed(SVC, "LookupSubjects", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let mut v = crate::engine::Violations::new();
             v.check("action", crate::engine::ids::check_action(&r.action));
@@ -298,6 +303,7 @@ impl PermissionService for PermissionApi {
     ) -> Result<Response<pb::GetEffectivePermissionsResponse>, Status> {
         observed(SVC, "GetEffectivePermissions", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
             let eff = index

@@ -7,6 +7,7 @@ use portcullis_proto::v1 as pb;
 use portcullis_proto::v1::watch_service_server::WatchService;
 use tonic::{Request, Response, Status};
 
+use super::confine::TenantFields;
 use super::convert::{change_to, opt_vault, tenant_id};
 use super::{AppState, auth, blocking, observed, st};
 use crate::engine::Violations;
@@ -27,6 +28,7 @@ impl WatchService for WatchApi {
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         observed(SVC, "Watch", async {
             let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let mut v = Violations::new();
             let t = tenant_id(&mut v, "tenant", &r.tenant);

@@ -33,18 +33,44 @@ impl FieldViolation {
 }
 
 /// All the violations found in one object, so a caller fixes them in one go.
+/// At most [`Violations::KEPT`] are kept; beyond that only their number, so
+/// a request of 100,000 bad names costs neither memory nor a huge error.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Violations(pub Vec<FieldViolation>);
+pub struct Violations(pub Vec<FieldViolation>, usize);
 
 impl Violations {
+    pub const KEPT: usize = 64;
+
     pub fn new() -> Self {
-        Violations(Vec::new())
+        Violations(Vec::new(), 0)
     }
     pub fn push(&mut self, field: impl Into<String>, rule: impl Into<String>) {
-        self.0.push(FieldViolation::new(field, rule));
+        if self.0.len() < Self::KEPT {
+            self.0.push(FieldViolation::new(field, rule));
+        } else {
+            self.1 += 1;
+        }
+    }
+    /// Adds another list's violations.
+    pub fn extend(&mut self, other: Violations) {
+        for f in other.0 {
+            self.push(f.field, f.rule);
+        }
+        self.1 += other.1;
+    }
+    /// How many were found, kept or not.
+    pub fn total(&self) -> usize {
+        self.0.len() + self.1
+    }
+    /// Prefixes every field path (`role.` + `statements[0]`).
+    pub fn prefixed(mut self, prefix: &str) -> Violations {
+        for f in &mut self.0 {
+            f.field = format!("{prefix}{}", f.field);
+        }
+        self
     }
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_empty() && self.1 == 0
     }
     /// Records the error of `result` under `field`, returning the value on success.
     pub fn check<T>(&mut self, field: impl Into<String>, result: Result<T, String>) -> Option<T> {
@@ -60,7 +86,7 @@ impl Violations {
         if self.0.is_empty() { Ok(()) } else { Err(self) }
     }
     pub fn single(field: impl Into<String>, rule: impl Into<String>) -> Self {
-        Violations(vec![FieldViolation::new(field, rule)])
+        Violations(vec![FieldViolation::new(field, rule)], 0)
     }
 }
 
@@ -71,6 +97,9 @@ impl fmt::Display for Violations {
                 f.write_str("; ")?;
             }
             write!(f, "{v}")?;
+        }
+        if self.1 > 0 {
+            write!(f, "; and {} more", self.1)?;
         }
         Ok(())
     }

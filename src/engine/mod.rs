@@ -73,6 +73,41 @@ pub enum EngineError {
     VaultNotFound { tenant: String, vault: String },
     #[error("{0}")]
     Invalid(Violations),
+    /// The vault, or a tenant above it, has a stored record that could not
+    /// be read: its decisions cannot be trusted.
+    #[error("vault {vault:?} of tenant {tenant:?} is quarantined: {detail}")]
+    Quarantined {
+        tenant: String,
+        vault: String,
+        detail: String,
+    },
+}
+
+/// Scopes with records that could not be read, each with the objects that
+/// are bad in it (`binding poison`) and why. A scope leaves quarantine when
+/// its last bad object is overwritten or deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Quarantine {
+    pub scopes: std::collections::BTreeMap<Scope, std::collections::BTreeMap<String, String>>,
+}
+
+impl Quarantine {
+    /// The quarantined scope a check in `tenant`/`vault` depends on: the
+    /// vault itself, or the tenant level of the tenant or an ancestor.
+    fn covering(&self, tenant: &str, vault: &str) -> Option<(&Scope, &str)> {
+        self.scopes.iter().find_map(|(scope, bad)| {
+            let hit = match &scope.vault {
+                Some(v) => v.as_str() == vault && scope.tenant.as_str() == tenant,
+                None => ids::is_tenant_within(tenant, scope.tenant.as_str()),
+            };
+            hit.then(|| {
+                (
+                    scope,
+                    bad.values().next().map(String::as_str).unwrap_or("unreadable record"),
+                )
+            })
+        })
+    }
 }
 
 /// One item of a check: who, what, on what, with which attributes.
@@ -123,6 +158,7 @@ pub struct Engine {
     writer: Mutex<Catalog>,
     vaults: ArcSwap<VaultTable>,
     revision: AtomicU64,
+    quarantine: ArcSwap<Quarantine>,
 }
 
 impl Default for Engine {
@@ -140,6 +176,57 @@ impl Engine {
                 tenants: BTreeSet::new(),
             }),
             revision: AtomicU64::new(0),
+            quarantine: ArcSwap::from_pointee(Quarantine::default()),
+        }
+    }
+
+    /// Puts `object` of `scope` in quarantine: checks that depend on the
+    /// scope answer [`EngineError::Quarantined`] until it is repaired.
+    pub fn quarantine(&self, scope: Scope, object: String, detail: String) {
+        self.quarantine.rcu(|q| {
+            let mut q = (**q).clone();
+            q.scopes
+                .entry(scope.clone())
+                .or_default()
+                .insert(object.clone(), detail.clone());
+            q
+        });
+    }
+
+    /// The object was written or deleted: it is no longer bad.
+    pub fn repaired(&self, scope: &Scope, object: &str) {
+        if self.quarantine.load().scopes.is_empty() {
+            return;
+        }
+        self.quarantine.rcu(|q| {
+            let mut q = (**q).clone();
+            if let Some(bad) = q.scopes.get_mut(scope) {
+                bad.remove(object);
+                if bad.is_empty() {
+                    q.scopes.remove(scope);
+                }
+            }
+            q
+        });
+    }
+
+    /// Everything in quarantine.
+    pub fn quarantined(&self) -> Arc<Quarantine> {
+        self.quarantine.load_full()
+    }
+
+    fn quarantine_check(&self, tenant: &str, vault: &str) -> Result<(), EngineError> {
+        let q = self.quarantine.load();
+        if q.scopes.is_empty() {
+            return Ok(());
+        }
+        match q.covering(tenant, vault) {
+            Some((scope, detail)) => Err(EngineError::Quarantined {
+                tenant: tenant.to_string(),
+                vault: vault.to_string(),
+                detail: format!("{scope}: {detail}"),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -213,6 +300,7 @@ impl Engine {
 
     /// The current view of a vault, for several queries at one revision.
     pub fn view(&self, tenant: &str, vault: &str) -> Result<Arc<VaultView>, EngineError> {
+        self.quarantine_check(tenant, vault)?;
         let table = self.vaults.load();
         let found = table.table.find(vault_hash(tenant, vault), |(t, v, _)| {
             t.as_str() == tenant && v.as_str() == vault
@@ -271,6 +359,7 @@ impl Engine {
         }) {
             let view = handle.view.load();
             if view.tenant_exists {
+                self.quarantine_check(tenant, vault)?;
                 return Ok(view.check(item.subject, item.action, item.resource, item.context, now, explain));
             }
         }

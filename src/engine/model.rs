@@ -19,6 +19,30 @@ pub struct Timestamp(pub i64);
 impl Timestamp {
     pub const MIN: Timestamp = Timestamp(i64::MIN);
     pub const MAX: Timestamp = Timestamp(i64::MAX);
+    /// 0001-01-01T00:00:00Z, the earliest time an object may hold.
+    pub const EARLIEST: Timestamp = Timestamp(-62_135_596_800_000_000);
+    /// 9999-12-31T23:59:59.999999Z, the latest time an object may hold:
+    /// RFC 3339 (the stored and manifest form) has four-digit years.
+    pub const LATEST: Timestamp = Timestamp(253_402_300_799_999_999);
+    pub const RANGE_RULE: &'static str = "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z";
+
+    /// Seconds and nanoseconds since the epoch (a protobuf Timestamp),
+    /// range-checked: every accepted value round-trips through RFC 3339.
+    pub fn from_unix(seconds: i64, nanos: i32) -> Result<Timestamp, String> {
+        if !(0..1_000_000_000).contains(&nanos) {
+            return Err(format!("nanos must be 0 to 999999999, got {nanos}"));
+        }
+        let micros = seconds
+            .checked_mul(1_000_000)
+            .and_then(|m| m.checked_add(i64::from(nanos) / 1000))
+            .map(Timestamp)
+            .filter(Timestamp::in_range);
+        micros.ok_or_else(|| format!("{}, got {seconds} seconds since the epoch", Self::RANGE_RULE))
+    }
+
+    pub fn in_range(&self) -> bool {
+        (Self::EARLIEST..=Self::LATEST).contains(self)
+    }
 
     pub fn now() -> Timestamp {
         Timestamp(chrono::Utc::now().timestamp_micros())
@@ -33,9 +57,14 @@ impl Timestamp {
         chrono::DateTime::from_timestamp_micros(self.0).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
     }
     pub fn parse_rfc3339(s: &str) -> Result<Timestamp, String> {
-        chrono::DateTime::parse_from_rfc3339(s)
+        let t = chrono::DateTime::parse_from_rfc3339(s)
             .map(|t| Timestamp(t.timestamp_micros()))
-            .map_err(|e| format!("must be an RFC 3339 timestamp such as 2026-01-31T12:00:00Z ({e})"))
+            .map_err(|e| format!("must be an RFC 3339 timestamp such as 2026-01-31T12:00:00Z ({e})"))?;
+        if t.in_range() {
+            Ok(t)
+        } else {
+            Err(format!("{}, got {}", Self::RANGE_RULE, super::ids::quoted(s)))
+        }
     }
     pub fn to_rfc3339(self) -> String {
         self.to_chrono().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
@@ -73,13 +102,35 @@ pub enum TenantStatus {
     Suspended,
 }
 
-/// Upper bounds on what a tenant may hold; 0 means unlimited.
+/// Upper bounds on what a tenant and its whole subtree may hold and do;
+/// 0 means unlimited. A descendant's own limits apply within its
+/// ancestors'.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Limits {
     pub max_vaults: u32,
     pub max_roles: u32,
     pub max_bindings: u32,
+    /// Descendant tenants.
+    pub max_tenants: u32,
+    /// Checks and lookups per second, shared by the subtree, per replica.
+    pub max_checks_per_second: u32,
+    /// Admin writes per second, shared by the subtree, per replica.
+    pub max_writes_per_second: u32,
+}
+
+impl Limits {
+    /// The limits as (field name, value), for comparisons and messages.
+    pub fn fields(&self) -> [(&'static str, u32); 6] {
+        [
+            ("max_vaults", self.max_vaults),
+            ("max_roles", self.max_roles),
+            ("max_bindings", self.max_bindings),
+            ("max_tenants", self.max_tenants),
+            ("max_checks_per_second", self.max_checks_per_second),
+            ("max_writes_per_second", self.max_writes_per_second),
+        ]
+    }
 }
 
 pub type Labels = BTreeMap<String, String>;
@@ -367,6 +418,20 @@ pub enum Change {
 }
 
 impl Change {
+    /// The object the change writes or deletes, named within its scope as a
+    /// record key names it (`binding b-1`, `role reader`, `vault`).
+    pub fn object(&self) -> String {
+        match self {
+            Change::PutTenant(_) | Change::DeleteTenant { .. } => "tenant".into(),
+            Change::PutVault(_) | Change::DeleteVault { .. } => "vault".into(),
+            Change::PutRole(r) => format!("role {}", r.name),
+            Change::DeleteRole { name, .. } => format!("role {name}"),
+            Change::PutBinding(b) => format!("binding {}", b.id),
+            Change::DeleteBinding { id, .. } => format!("binding {id}"),
+            Change::PutMembership(m) | Change::DeleteMembership(m) => format!("membership {} {}", m.group, m.member),
+        }
+    }
+
     /// The tenant and vault the change belongs to (the vault is `None` for
     /// tenant-level changes); the changelog is kept per vault by this.
     pub fn scope(&self) -> Scope {

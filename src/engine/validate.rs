@@ -111,6 +111,13 @@ pub fn binding(b: &Binding) -> Result<(), Violations> {
     }
     patterns(&mut v, "scope", &b.scope, false, false);
     condition(&mut v, "condition", &b.condition);
+    for (field, t) in [("not_before", b.not_before), ("expires_at", b.expires_at)] {
+        if let Some(t) = t
+            && !t.in_range()
+        {
+            v.push(field, Timestamp::RANGE_RULE);
+        }
+    }
     if let (Some(nb), Some(exp)) = (b.not_before, b.expires_at)
         && nb >= exp
     {

@@ -205,19 +205,19 @@ pub fn changelog_order_and_resumption(make: &Make<'_>) {
     let mut revisions = Vec::new();
     for i in 0..5 {
         let t = Tenant::new(TenantId::parse(&format!("t{i}")).unwrap());
-        revisions.push(repo.apply_tenant(t, None).unwrap().revision);
+        revisions.push(repo.apply_tenant(t, None, None).unwrap().revision);
     }
     assert!(revisions.windows(2).all(|w| w[0] < w[1]));
     let (all, upto) = repo.read_feed(0, 0).unwrap();
-    assert_eq!(all.iter().map(|(v, _)| *v).collect::<Vec<_>>(), revisions);
+    assert_eq!(all.iter().map(|e| e.version).collect::<Vec<_>>(), revisions);
     assert!(upto >= revisions[4]);
     let (rest, _) = repo.read_feed(revisions[1], 0).unwrap();
-    assert_eq!(rest.iter().map(|(v, _)| *v).collect::<Vec<_>>(), revisions[2..]);
-    assert!(matches!(&rest[0].1[0], Change::PutTenant(t) if t.id.as_str() == "t2"));
+    assert_eq!(rest.iter().map(|e| e.version).collect::<Vec<_>>(), revisions[2..]);
+    assert!(matches!(&rest[0].changes[0], Change::PutTenant(t) if t.id.as_str() == "t2"));
     let (page, upto) = repo.read_feed(0, 2).unwrap();
     assert_eq!(page.len(), 2);
     let (next, _) = repo.read_feed(upto, 0).unwrap();
-    assert!(next.iter().any(|(v, _)| *v == revisions[2]), "resumes without a gap");
+    assert!(next.iter().any(|e| e.version == revisions[2]), "resumes without a gap");
     let (log, _) = repo.read_log(&TenantId::parse("t3").unwrap(), None, 0, 0).unwrap();
     assert_eq!(
         log.iter().map(|(v, _)| *v).collect::<Vec<_>>(),

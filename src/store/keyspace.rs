@@ -21,6 +21,7 @@
 //! | `(root, "sys", "log_floor")` | u64 BE: the oldest revision the changelog still holds |
 //! | `(root, "sys", "feed_bump")` | versionstamp: written by every changing commit; FDB watches it |
 //! | `(root, "sys", "count", tenant, vault, kind)` | i64 LE, atomic adds: vaults, roles, bindings held in a scope |
+//! | `(root, "sys", "subtree", tenant, kind)` | i64 LE, atomic adds: vaults, roles, bindings and descendant tenants in the tenant's whole subtree, which its limits bound |
 //! | `(root, "sys", "lease", name)` | JSON lease: holder, epoch, expiry |
 //! | `(root, "sys", "epoch", name)` | u64 BE: the fencing epoch job writes check |
 //! | `(root, "sys", "job", name)` | JSON: a background job's last run |
@@ -142,8 +143,25 @@ pub fn count(t: &str, vault: Option<&str>, kind: &str) -> Vec<u8> {
 pub fn counts_of_tenant(t: &str) -> Vec<u8> {
     root().str("sys").str("count").str(t).into_vec()
 }
+/// Prefix of the counters of every tenant strictly below `t`.
+pub fn counts_of_descendants(t: &str) -> Vec<u8> {
+    root().str("sys").str("count").str_prefix(&format!("{t}/")).into_vec()
+}
+/// The kind at the end of a `(root, "sys", "count", tenant, vault, kind)` key.
+pub fn count_kind(key: &[u8]) -> Option<String> {
+    match super::tuple::decode(key)?.last() {
+        Some(super::tuple::Elem::Str(k)) => Some(k.to_string()),
+        _ => None,
+    }
+}
 pub fn counts_of_scope(t: &str, vault: Option<&str>) -> Vec<u8> {
     root().str("sys").str("count").str(t).str(v(vault)).into_vec()
+}
+pub fn subtree_count(t: &str, kind: &str) -> Vec<u8> {
+    root().str("sys").str("subtree").str(t).str(kind).into_vec()
+}
+pub fn subtree_counts_of(t: &str) -> Vec<u8> {
+    root().str("sys").str("subtree").str(t).into_vec()
 }
 pub fn counts() -> Vec<u8> {
     root().str("sys").str("count").into_vec()
@@ -198,4 +216,79 @@ pub fn split_record(v: &[u8]) -> Option<(u64, &[u8])> {
     }
     let version = u64::from_be_bytes(v[..8].try_into().ok()?);
     Some((version, &v[RECORD_HEADER..]))
+}
+
+/// Which object a record key holds, for reporting a record that cannot be
+/// read: its scope (`vault` is `None` at tenant level) and its name within
+/// the scope, as [`crate::engine::model::Change::object`] names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectKey {
+    pub tenant: String,
+    pub vault: Option<String>,
+    pub object: String,
+}
+
+/// Parses an object record's key: `(root, "t"|"v"|"r"|"b"|"m", ...)`.
+pub fn object_of(key: &[u8]) -> Option<ObjectKey> {
+    use super::tuple::{Elem, decode};
+    let root = root().into_vec();
+    let rest = key.strip_prefix(root.as_slice())?;
+    let e = decode(rest)?;
+    let s = |i: usize| match e.get(i) {
+        Some(Elem::Str(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    let vault = |x: String| (!x.is_empty()).then_some(x);
+    let (tenant, vault, object) = match s(0)?.as_str() {
+        "t" => (s(1)?, None, "tenant".to_string()),
+        "v" => (s(1)?, Some(s(2)?), "vault".to_string()),
+        "r" => (s(1)?, vault(s(2)?), format!("role {}", s(3)?)),
+        "b" => (s(1)?, vault(s(2)?), format!("binding {}", s(3)?)),
+        "m" => (s(1)?, vault(s(2)?), format!("membership {} {}", s(3)?, s(4)?)),
+        _ => return None,
+    };
+    Some(ObjectKey { tenant, vault, object })
+}
+
+/// The binding id at the end of a `(root, "bs", tenant, vault, subject, id)`
+/// key.
+pub fn binding_id_of_subject_row(key: &[u8]) -> Option<String> {
+    use super::tuple::{Elem, decode};
+    match decode(key)?.last() {
+        Some(Elem::Str(id)) => Some(id.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_keys_parse_back() {
+        let k = object_of(&binding("acme/eng", Some("docs"), "b-1")).unwrap();
+        assert_eq!(
+            k,
+            ObjectKey {
+                tenant: "acme/eng".into(),
+                vault: Some("docs".into()),
+                object: "binding b-1".into()
+            }
+        );
+        assert_eq!(object_of(&role("acme", None, "reader")).unwrap().vault, None);
+        assert_eq!(object_of(&tenant("acme")).unwrap().object, "tenant");
+        assert_eq!(
+            object_of(&vault("acme", "docs")).unwrap().vault.as_deref(),
+            Some("docs")
+        );
+        assert_eq!(
+            object_of(&membership("a", None, "group:g", "user:u")).unwrap().object,
+            "membership group:g user:u"
+        );
+        assert_eq!(object_of(&store_id()), None);
+        assert_eq!(
+            binding_id_of_subject_row(&binding_by_subject("a", None, "user:u", "b-9")).as_deref(),
+            Some("b-9")
+        );
+    }
 }

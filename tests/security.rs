@@ -1,0 +1,671 @@
+//! Regression tests of the hardening review: each sends the request that
+//! broke the service and asserts the answer it gets now.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use portcullis::api::auth::Keys;
+use portcullis::server::{Running, ServeOptions};
+use portcullis::store::{Backend, Store, keyspace as ks};
+use portcullis_proto::v1 as pb;
+use portcullis_proto::v1::diagnostics_service_client::DiagnosticsServiceClient;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+const ROOT: &str = "root-secret";
+const ENG: &str = "eng-secret";
+
+fn keys() -> Keys {
+    Keys::parse(&format!(
+        "keys:\n  - name: root\n    sha256: {}\n    scopes: [admin, check, watch]\n  - name: eng-admin\n    sha256: {}\n    scopes: [admin, check, watch]\n    tenants: [acme/eng]\n",
+        Keys::hash(ROOT),
+        Keys::hash(ENG)
+    ))
+    .unwrap()
+}
+
+async fn server() -> Running {
+    start(ServeOptions {
+        keys: keys(),
+        ..ServeOptions::for_tests()
+    })
+    .await
+}
+
+fn apply_tenant(t: pb::Tenant) -> pb::ApplyTenantRequest {
+    pb::ApplyTenantRequest {
+        tenant: Some(t),
+        expected_revision: String::new(),
+    }
+}
+
+/// acme, acme/eng, acme/finance and other, each with vault `v`, and a
+/// role `reader` in acme/finance:v that nobody is bound to.
+async fn seed_tree(a: &mut Admin) {
+    for t in ["acme", "acme/eng", "acme/finance", "other"] {
+        a.apply_tenant(apply_tenant(tenant(t))).await.unwrap();
+        a.apply_vault(pb::ApplyVaultRequest {
+            vault: Some(vault(t, "v")),
+            expected_revision: String::new(),
+        })
+        .await
+        .unwrap();
+    }
+    a.write_bindings(pb::WriteBindingsRequest {
+        tenant: "acme/finance".into(),
+        vault: "v".into(),
+        upserts: vec![binding("b", "user:mallory", "reader")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+async fn allowed(p: &mut Perm, tenant: &str) -> bool {
+    let mut r = check_req(tenant, "v", "user:mallory", "anything", "thing:x");
+    r.consistency = Some(pb::Consistency {
+        requirement: Some(pb::consistency::Requirement::FullyConsistent(true)),
+    });
+    p.check_permission(r).await.unwrap().into_inner().decision == pb::Decision::Allowed as i32
+}
+
+fn import_stream(msgs: Vec<pb::ImportVaultRequest>) -> impl tokio_stream::Stream<Item = pb::ImportVaultRequest> {
+    tokio_stream::iter(msgs)
+}
+
+fn role_item(tenant: &str, vault: &str) -> pb::import_vault_request::Item {
+    pb::import_vault_request::Item::Role(pb::Role {
+        tenant: tenant.into(),
+        vault: vault.into(),
+        name: "reader".into(),
+        statements: vec![allow(&["*"], &["*"])],
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn import_cannot_write_roles_outside_the_keys_subtree() {
+    let srv = server().await;
+    let mut root = admin(srv.addr, Some(ROOT)).await;
+    seed_tree(&mut root).await;
+    let mut eng = admin(srv.addr, Some(ENG)).await;
+    let mut p = perm(srv.addr, Some(ROOT)).await;
+    assert!(!allowed(&mut p, "acme/finance").await);
+
+    // The original request: an import into acme/eng:v carrying a role of
+    // acme/finance; then the same role in `other`, and at the tenant level
+    // of `acme` (an empty vault).
+    for (t, v) in [("acme/finance", "v"), ("other", "v"), ("acme", "")] {
+        let before = srv.state.repo.current_version().unwrap();
+        let e = eng
+            .import_vault(import_stream(vec![pb::ImportVaultRequest {
+                tenant: "acme/eng".into(),
+                vault: "v".into(),
+                item: Some(role_item(t, v)),
+            }]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{t}:{v}: {e:?}");
+        assert_eq!(e.get_details_error_info().unwrap().reason, "TENANT_OUTSIDE_KEY");
+        assert_eq!(
+            srv.state.repo.current_version().unwrap(),
+            before,
+            "{t}:{v}: nothing written"
+        );
+    }
+    assert!(!allowed(&mut p, "acme/finance").await);
+    assert!(!allowed(&mut p, "other").await);
+
+    // Inside the subtree but another vault: refused too, as invalid.
+    let e = eng
+        .import_vault(import_stream(vec![pb::ImportVaultRequest {
+            tenant: "acme/eng".into(),
+            vault: "v".into(),
+            item: Some(role_item("acme/eng", "elsewhere")),
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("items[0].role.vault"), "{}", e.message());
+    srv.shutdown().await;
+}
+
+/// Every admin RPC and every nested object field carrying a tenant: a key
+/// confined to acme/eng naming acme/finance gets PERMISSION_DENIED and
+/// nothing is written.
+#[tokio::test]
+async fn every_tenant_field_of_every_admin_rpc_is_confined() {
+    let srv = server().await;
+    let mut root = admin(srv.addr, Some(ROOT)).await;
+    seed_tree(&mut root).await;
+    let mut a = admin(srv.addr, Some(ENG)).await;
+    const OUT: &str = "acme/finance";
+    const IN: &str = "acme/eng";
+    let m = |t: &str| pb::Membership {
+        tenant: t.into(),
+        group: "group:g".into(),
+        member: "user:mallory".into(),
+        ..Default::default()
+    };
+    let b = |t: &str| pb::Binding {
+        tenant: t.into(),
+        ..binding("x", "user:mallory", "reader")
+    };
+    type Call<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::Status>> + 'a>>;
+    let cases: Vec<(&str, Box<dyn Fn(&mut Admin) -> Call<'_>>)> = vec![
+        (
+            "ApplyTenant tenant.id",
+            Box::new(|a| Box::pin(async move { a.apply_tenant(apply_tenant(tenant(OUT))).await.map(|_| ()) })),
+        ),
+        (
+            "GetTenant id",
+            Box::new(|a| {
+                Box::pin(async move { a.get_tenant(pb::GetTenantRequest { id: OUT.into() }).await.map(|_| ()) })
+            }),
+        ),
+        (
+            "ListTenants under",
+            Box::new(|a| {
+                Box::pin(async move {
+                    a.list_tenants(pb::ListTenantsRequest {
+                        under: OUT.into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            }),
+        ),
+        (
+            "DeleteTenant id",
+            Box::new(|a| {
+                Box::pin(async move {
+                    a.delete_tenant(pb::DeleteTenantRequest {
+                        id: OUT.into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            }),
+        ),
+        (
+            "ApplyVault vault.tenant",
+            Box::new(|a| {
+                Box::pin(async move {
+                    a.apply_vault(pb::ApplyVaultRequest {
+                        vault: Some(vault(OUT, "w")),
+                        expected_revision: String::new(),
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            }),
+        ),
+        (
+            "DeleteVault tenant",
+            Box::new(|a| {
+                Box::pin(async move {
+                    a.delete_vault(pb::DeleteVaultRequest {
+                        tenant: OUT.into(),
+                        name: "v".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            }),
+        ),
+        (
+            "ApplyRole role.tenant",
+            Box::new(|a| {
+                Box::pin(async move {
+                    a.apply_role(pb::ApplyRoleRequest {
+                        role: Some(role(OUT, "v", "reader", vec![allow(&["*"], &["*"])])),
+                        expected_revision: String::new(),
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            }),
+        ),
+        (
+            "DeleteRole tenant",
+            Box::new(|a| {
+                Box::pin(async move {
+                    a.delete_role(pb::DeleteRoleRequest {
+                        tenant: OUT.into(),
+                        vault: "v".into(),
+                        name: "reader".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            }),
+        ),
+        (
+            "WriteBindings tenant",
+            Box::new(|a| {
+                Box::pin(async move {
+                    a.write_bindings(pb::WriteBindingsRequest {
+                        tenant: OUT.into(),
+                        vault: "v".into(),
+                        upserts: vec![b("")],
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            }),
+        ),
+        (
+            "WriteBindings upserts[0].tenant",
+            Box::new(|a| {
+                Box::pin(async move {
+                    a.write_bindings(pb::WriteBindingsRequest {
+                        tenant: IN.into(),
+                        vault: "v".into(),
+                        upserts: vec![b(OUT)],
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            }),
+        ),
+        (
+            "WriteMemberships upserts[0].tenant",
+            Box::new(|a| {
+                Box::pin(async move {
+                    a.write_memberships(pb::WriteMembershipsRequest {
+                        tenant: IN.into(),
+                        vault: "v".into(),
+                        upserts: vec![m(OUT)],
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            }),
+        ),
+        (
+            "WriteMemberships deletes[0].tenant",
+            Box::new(|a| {
+                Box::pin(async move {
+                    a.write_memberships(pb::WriteMembershipsRequest {
+                        tenant: IN.into(),
+                        vault: "v".into(),
+                        deletes: vec![m(OUT)],
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            }),
+        ),
+        (
+            "ImportVault tenant",
+            Box::new(|a| {
+                Box::pin(async move {
+                    a.import_vault(import_stream(vec![pb::ImportVaultRequest {
+                        tenant: OUT.into(),
+                        vault: "v".into(),
+                        item: Some(role_item("", "")),
+                    }]))
+                    .await
+                    .map(|_| ())
+                })
+            }),
+        ),
+        (
+            "ImportVault items[0].binding.tenant",
+            Box::new(|a| {
+                Box::pin(async move {
+                    a.import_vault(import_stream(vec![pb::ImportVaultRequest {
+                        tenant: IN.into(),
+                        vault: "v".into(),
+                        item: Some(pb::import_vault_request::Item::Binding(b(OUT))),
+                    }]))
+                    .await
+                    .map(|_| ())
+                })
+            }),
+        ),
+        (
+            "ImportVault items[1].membership.tenant",
+            Box::new(|a| {
+                Box::pin(async move {
+                    a.import_vault(import_stream(vec![
+                        pb::ImportVaultRequest {
+                            tenant: IN.into(),
+                            vault: "v".into(),
+                            item: Some(pb::import_vault_request::Item::Binding(b(""))),
+                        },
+                        pb::ImportVaultRequest {
+                            tenant: String::new(),
+                            vault: String::new(),
+                            item: Some(pb::import_vault_request::Item::Membership(m(OUT))),
+                        },
+                    ]))
+                    .await
+                    .map(|_| ())
+                })
+            }),
+        ),
+        (
+            "ExportVault tenant",
+            Box::new(|a| {
+                Box::pin(async move {
+                    a.export_vault(pb::ExportVaultRequest {
+                        tenant: OUT.into(),
+                        vault: "v".into(),
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            }),
+        ),
+    ];
+    for (name, call) in &cases {
+        let before = srv.state.repo.current_version().unwrap();
+        let e = call(&mut a).await.expect_err(name);
+        assert_eq!(e.code(), Code::PermissionDenied, "{name}: {e:?}");
+        let info = e
+            .get_details_error_info()
+            .unwrap_or_else(|| panic!("{name}: no ErrorInfo"));
+        assert_eq!(info.reason, "TENANT_OUTSIDE_KEY", "{name}");
+        assert_eq!(info.metadata.get("tenant").map(String::as_str), Some(OUT), "{name}");
+        assert_eq!(
+            srv.state.repo.current_version().unwrap(),
+            before,
+            "{name}: nothing written"
+        );
+    }
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_confined_admin_cannot_lift_its_own_suspension_or_limits() {
+    let srv = server().await;
+    let mut root = admin(srv.addr, Some(ROOT)).await;
+    seed_tree(&mut root).await;
+    let limited = pb::Limits {
+        max_vaults: 1,
+        ..Default::default()
+    };
+    root.apply_tenant(apply_tenant(pb::Tenant {
+        status: pb::TenantStatus::Suspended as i32,
+        limits: Some(limited),
+        ..tenant("acme/eng")
+    }))
+    .await
+    .unwrap();
+    let mut eng = admin(srv.addr, Some(ENG)).await;
+    let mut p = perm(srv.addr, Some(ROOT)).await;
+
+    // The original request.
+    let e = eng
+        .apply_tenant(apply_tenant(pb::Tenant {
+            status: pb::TenantStatus::Active as i32,
+            limits: Some(pb::Limits::default()),
+            ..tenant("acme/eng")
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(e.get_details_error_info().unwrap().reason, "CONFINEMENT_ROOT");
+    let r = p
+        .check_permission(check_req("acme/eng", "v", "user:a", "x", "y:z"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.reason, pb::Reason::TenantSuspended as i32, "still suspended");
+    // Its display name and labels it may change, as long as status and limits stay.
+    eng.apply_tenant(apply_tenant(pb::Tenant {
+        display_name: "Engineering".into(),
+        status: pb::TenantStatus::Suspended as i32,
+        limits: Some(limited),
+        ..tenant("acme/eng")
+    }))
+    .await
+    .unwrap();
+    let e = eng
+        .delete_tenant(pb::DeleteTenantRequest {
+            id: "acme/eng".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+
+    // Descendants: managed, but never above acme/eng's own limits.
+    let e = eng
+        .apply_tenant(apply_tenant(tenant("acme/eng/team")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::PermissionDenied,
+        "unlimited is above max_vaults 1: {e:?}"
+    );
+    assert!(e.message().contains("max_vaults"), "{}", e.message());
+    eng.apply_tenant(apply_tenant(pb::Tenant {
+        limits: Some(limited),
+        ..tenant("acme/eng/team")
+    }))
+    .await
+    .unwrap();
+    // And a limit bounds the whole subtree: acme/eng holds its one vault, so
+    // the child cannot add another.
+    let e = eng
+        .apply_vault(pb::ApplyVaultRequest {
+            vault: Some(vault("acme/eng/team", "w")),
+            expected_revision: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("tenant acme/eng (an ancestor"), "{}", e.message());
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn out_of_range_timestamps_are_refused_where_they_enter() {
+    let srv = server().await;
+    let mut root = admin(srv.addr, Some(ROOT)).await;
+    for t in ["mallory"] {
+        root.apply_tenant(apply_tenant(tenant(t))).await.unwrap();
+        root.apply_vault(pb::ApplyVaultRequest {
+            vault: Some(vault(t, "v")),
+            expected_revision: String::new(),
+        })
+        .await
+        .unwrap();
+    }
+    let poison = |nb: Option<i64>, exp: Option<i64>| pb::Binding {
+        not_before: nb.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+        expires_at: exp.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+        ..binding("poison", "user:m", "x")
+    };
+    for (b, field) in [
+        (poison(None, Some(253_402_300_800)), "upserts[0].expires_at"),
+        (poison(Some(i64::MIN), None), "upserts[0].not_before"),
+    ] {
+        let e = root
+            .write_bindings(pb::WriteBindingsRequest {
+                tenant: "mallory".into(),
+                vault: "v".into(),
+                upserts: vec![b.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        let fields: Vec<String> = e
+            .get_details_bad_request()
+            .unwrap()
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, [field]);
+        let e = root
+            .import_vault(import_stream(vec![pb::ImportVaultRequest {
+                tenant: "mallory".into(),
+                vault: "v".into(),
+                item: Some(pb::import_vault_request::Item::Binding(b)),
+            }]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+    // The last valid second is fine and reads back.
+    root.write_bindings(pb::WriteBindingsRequest {
+        tenant: "mallory".into(),
+        vault: "v".into(),
+        upserts: vec![poison(Some(-62_135_596_800), Some(253_402_300_799))],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let list = root
+        .list_bindings(pb::ListBindingsRequest {
+            tenant: "mallory".into(),
+            vault: "v".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.bindings[0].expires_at.unwrap().seconds, 253_402_300_799);
+    srv.shutdown().await;
+}
+
+/// A record that cannot be read (written by an older version, or damaged)
+/// quarantines its vault only: the server starts, every other vault
+/// answers, and deleting the record repairs it.
+#[tokio::test]
+async fn an_unreadable_record_quarantines_its_vault_and_can_be_repaired() {
+    let store: Arc<dyn Store> = Arc::new(portcullis::store::memory::MemoryStore::new());
+    let opts = || ServeOptions {
+        backend: Backend::Shared(store.clone()),
+        ..ServeOptions::for_tests()
+    };
+    let srv = start(opts()).await;
+    let mut a = admin(srv.addr, None).await;
+    seed(&mut a).await;
+    for t in ["mallory"] {
+        a.apply_tenant(apply_tenant(tenant(t))).await.unwrap();
+        a.apply_vault(pb::ApplyVaultRequest {
+            vault: Some(vault(t, "v")),
+            expected_revision: String::new(),
+        })
+        .await
+        .unwrap();
+    }
+    a.write_bindings(pb::WriteBindingsRequest {
+        tenant: "acme".into(),
+        vault: "docs".into(),
+        upserts: vec![binding("ok", "user:alice", "reader")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    srv.shutdown().await;
+
+    // A binding record with a timestamp no RFC 3339 parser accepts, as the
+    // poisoned write used to store.
+    let bad = br#"{"id":"poison","tenant":"mallory","vault":"v","subject":"user:m","grant":{"role":"x"},"expires_at":"+10000-01-01T00:00:00Z"}"#;
+    let mut record = vec![0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+    record.extend_from_slice(bad);
+    {
+        let mut tx = store.begin().unwrap();
+        tx.set(&ks::binding("mallory", Some("v"), "poison"), &record);
+        tx.commit().unwrap();
+    }
+
+    // The server starts and serves.
+    let srv = start(opts()).await;
+    let mut p = perm(srv.addr, None).await;
+    assert!(is_allowed(&mut p, "user:alice", "documents:read", "document:x", None).await);
+    let e = p
+        .check_permission(check_req("mallory", "v", "user:m", "a", "r:x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert_eq!(e.get_details_error_info().unwrap().reason, "VAULT_QUARANTINED");
+    let mut d = DiagnosticsServiceClient::new(channel(srv.addr).await);
+    let info = d
+        .get_server_info(pb::GetServerInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.quarantined.len(), 1);
+    assert_eq!(
+        (info.quarantined[0].tenant.as_str(), info.quarantined[0].vault.as_str()),
+        ("mallory", "v")
+    );
+    assert_eq!(info.quarantined[0].objects, ["binding poison"]);
+
+    // Deleting the record repairs the vault.
+    let mut a = admin(srv.addr, None).await;
+    let w = a
+        .write_bindings(pb::WriteBindingsRequest {
+            tenant: "mallory".into(),
+            vault: "v".into(),
+            deletes: vec!["poison".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(w.deleted, 1);
+    let mut r = check_req("mallory", "v", "user:m", "a", "r:x");
+    r.consistency = Some(pb::Consistency {
+        requirement: Some(pb::consistency::Requirement::AtLeastAsFresh(w.written_at)),
+    });
+    let r = p.check_permission(r).await.unwrap().into_inner();
+    assert_eq!(r.reason, pb::Reason::NoMatch as i32);
+    let info = d
+        .get_server_info(pb::GetServerInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(info.quarantined.is_empty());
+    srv.shutdown().await;
+}
+
+/// Responses larger than a TCP segment used to wait 40 ms for the client's
+/// delayed ACK (Nagle's algorithm on the accepted sockets). Twenty 2 KB
+/// echoes take a few milliseconds now; with the stall they took 800 ms.
+#[tokio::test]
+async fn large_responses_are_not_held_back_by_nagle() {
+    let srv = start(ServeOptions::for_tests()).await;
+    let mut d = DiagnosticsServiceClient::new(channel(srv.addr).await);
+    let payload = vec![7u8; 2000];
+    d.echo(pb::EchoRequest {
+        payload: payload.clone(),
+    })
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    for _ in 0..20 {
+        let r = d
+            .echo(pb::EchoRequest {
+                payload: payload.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.into_inner().payload.len(), 2000);
+    }
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(400),
+        "20 echoes of 2 KB took {took:?}: responses wait for delayed ACKs"
+    );
+    srv.shutdown().await;
+}
