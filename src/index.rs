@@ -34,6 +34,8 @@ pub struct LiveIndex {
     engine: ArcSwap<Engine>,
     repo: Arc<Repo>,
     caught_up: watch::Sender<u64>,
+    /// The tenants' rate-limit buckets, following their limits.
+    pub limits: crate::api::ratelimit::TenantLimits,
     /// Since when the store has been ahead of the index; `None` while the
     /// index is caught up. Health turns NOT_SERVING when this grows past
     /// `--max-index-lag`.
@@ -48,8 +50,10 @@ impl LiveIndex {
             engine: ArcSwap::from_pointee(engine),
             repo,
             caught_up: watch::channel(version).0,
+            limits: Default::default(),
             behind_since: std::sync::Mutex::new(None),
         });
+        index.limits.update(&index.engine().rate_limited_tenants());
         // Whatever changed while the chunks were read is replayed.
         index.catch_up()?;
         Ok(index)
@@ -98,6 +102,7 @@ impl LiveIndex {
                     "the changelog was compacted past this replica's index; reloading"
                 );
                 let (engine, version) = Self::build(&self.repo)?;
+                self.limits.update(&engine.rate_limited_tenants());
                 self.engine.store(Arc::new(engine));
                 self.caught_up.send_replace(version);
                 continue;
@@ -105,12 +110,20 @@ impl LiveIndex {
             let (entries, upto) = self.repo.read_feed(from, FEED_PAGE)?;
             let full = entries.len() == FEED_PAGE;
             let engine = self.engine.load();
+            let tenants_changed = entries.iter().any(|e| {
+                e.changes
+                    .iter()
+                    .any(|c| matches!(c, Change::PutTenant(_) | Change::DeleteTenant { .. }))
+            });
             for e in &entries {
                 engine.apply(e.version, &e.changes);
                 repaired(&engine, &e.changes);
                 for c in &e.corrupt {
                     quarantine(&engine, c);
                 }
+            }
+            if tenants_changed {
+                self.limits.update(&engine.rate_limited_tenants());
             }
             let upto = upto.max(from);
             engine.apply(upto, &[]);

@@ -152,6 +152,25 @@ pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("valid metric"))
 });
 
+pub static POOL_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    reg(IntCounterVec::new(
+        Opts::new(
+            "portcullis_pool_rejected_total",
+            "Requests refused with RESOURCE_EXHAUSTED because a bounded pool's queue was full, by pool.",
+        ),
+        &["pool"],
+    )
+    .expect("valid metric"))
+});
+
+pub static CHECKS_OFFLOADED: LazyLock<IntCounter> = LazyLock::new(|| {
+    reg(IntCounter::new(
+        "portcullis_checks_offloaded_total",
+        "Checks whose conditions outgrew the inline budget and were re-run on the expensive pool.",
+    )
+    .expect("valid metric"))
+});
+
 pub static TENANT_USAGE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     reg(IntGaugeVec::new(
         Opts::new(
@@ -244,6 +263,8 @@ pub fn render() -> String {
         &*INDEX_CORRUPT,
         &*INDEX_QUARANTINED,
         &*CONFIG_RELOADS,
+        &*POOL_REJECTED,
+        &*CHECKS_OFFLOADED,
         &*TENANT_USAGE,
         &*TENANTS_OVER_LIMIT,
     );

@@ -155,7 +155,8 @@ async fn every_tenant_field_of_every_admin_rpc_is_confined() {
         ..binding("x", "user:mallory", "reader")
     };
     type Call<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::Status>> + 'a>>;
-    let cases: Vec<(&str, Box<dyn Fn(&mut Admin) -> Call<'_>>)> = vec![
+    type Case<'c> = (&'static str, Box<dyn Fn(&mut Admin) -> Call<'_> + 'c>);
+    let cases: Vec<Case<'_>> = vec![
         (
             "ApplyTenant tenant.id",
             Box::new(|a| Box::pin(async move { a.apply_tenant(apply_tenant(tenant(OUT))).await.map(|_| ()) })),
@@ -666,6 +667,166 @@ async fn large_responses_are_not_held_back_by_nagle() {
     assert!(
         took < Duration::from_millis(400),
         "20 echoes of 2 KB took {took:?}: responses wait for delayed ACKs"
+    );
+    srv.shutdown().await;
+}
+
+fn cond_role(condition: &str) -> pb::ApplyRoleRequest {
+    let mut st = allow(&["documents:read"], &["document:*"]);
+    st.condition = condition.into();
+    pb::ApplyRoleRequest {
+        role: Some(role("acme", "", "reader", vec![st])),
+        expected_revision: String::new(),
+    }
+}
+
+fn list(items: impl IntoIterator<Item = String>) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::ListValue(prost_types::ListValue {
+            values: items
+                .into_iter()
+                .map(|s| prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue(s)),
+                })
+                .collect(),
+        })),
+    }
+}
+
+fn ctx_with(key: &str, v: prost_types::Value) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: [(key.to_string(), v)].into_iter().collect(),
+    }
+}
+
+#[tokio::test]
+async fn conditions_are_bounded_when_written_and_when_checked() {
+    let srv = start(ServeOptions::for_tests()).await;
+    let mut a = admin(srv.addr, None).await;
+    seed(&mut a).await;
+    let mut p = perm(srv.addr, None).await;
+
+    // The original condition: four nested `all` over a 56-element list.
+    let xs: Vec<String> = (0..56).map(|i| i.to_string()).collect();
+    let l = format!("[{}]", xs.join(","));
+    let dos = format!("{l}.all(a, {l}.all(b, {l}.all(c, {l}.all(d, a + b + c + d >= 0))))");
+    let e = a.apply_role(cond_role(&dos)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("statements[0].condition"), "{}", e.message());
+    assert!(e.message().contains("nested 4 deep"), "{}", e.message());
+    // Three deep over context lists: too costly for a full-size context.
+    let e = a
+        .apply_role(cond_role(
+            "context.xs.all(a, context.xs.all(b, context.xs.all(c, a != b || b != c)))",
+        ))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("evaluation steps"), "{}", e.message());
+    // A bad regular expression literal is refused when written.
+    let e = a.apply_role(cond_role("subject.matches('(')")).await.unwrap_err();
+    assert!(e.message().contains("invalid regular expression"), "{}", e.message());
+
+    // Two deep over the context is accepted; a full-size context exhausts
+    // the budget and fails closed, a small one is decided.
+    let w = a
+        .apply_role(cond_role("context.xs.all(a, context.xs.all(b, a == b || a != b))"))
+        .await
+        .unwrap()
+        .into_inner();
+    a.write_bindings(pb::WriteBindingsRequest {
+        tenant: "acme".into(),
+        vault: "docs".into(),
+        upserts: vec![binding("c", "user:carol", "reader")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let check = |xs: usize| {
+        let mut r = check_req("acme", "docs", "user:carol", "documents:read", "document:x");
+        r.explain = true;
+        r.context = Some(ctx_with("xs", list((0..xs).map(|i| format!("item-{i}")))));
+        r.consistency = Some(pb::Consistency {
+            requirement: Some(pb::consistency::Requirement::FullyConsistent(true)),
+        });
+        r
+    };
+    let _ = w;
+    let small = p.check_permission(check(3)).await.unwrap().into_inner();
+    assert_eq!(small.decision, pb::Decision::Allowed as i32);
+    let big = p.check_permission(check(256)).await.unwrap().into_inner();
+    assert_eq!(big.decision, pb::Decision::Denied as i32);
+    let entry = &big.explanation.unwrap().entries[0];
+    assert_eq!(entry.outcome, pb::EntryOutcome::ConditionError as i32);
+    assert!(entry.message.contains("evaluation budget"), "{}", entry.message);
+
+    // Context limits, with the path of the offending value.
+    let e = p.check_permission(check(300)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("context.xs"), "{}", e.message());
+    srv.shutdown().await;
+}
+
+/// A flood of the most expensive checks allowed must not delay others:
+/// they run on the bounded pool, and Echo on another connection answers
+/// at once throughout. (It used to wait up to 60 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expensive_checks_do_not_delay_other_requests() {
+    let srv = start(ServeOptions::for_tests()).await;
+    let mut a = admin(srv.addr, None).await;
+    seed(&mut a).await;
+    a.apply_role(cond_role("context.xs.all(a, context.xs.all(b, a == b || a != b))"))
+        .await
+        .unwrap();
+    let w = a
+        .write_bindings(pb::WriteBindingsRequest {
+            tenant: "acme".into(),
+            vault: "docs".into(),
+            upserts: vec![binding("c", "user:carol", "reader")],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut r = check_req("acme", "docs", "user:carol", "documents:read", "document:x");
+    r.context = Some(ctx_with("xs", list((0..256).map(|i| format!("item-{i}")))));
+    r.consistency = Some(pb::Consistency {
+        requirement: Some(pb::consistency::Requirement::AtLeastAsFresh(w.written_at)),
+    });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for _ in 0..16 {
+        let (mut p, r, stop) = (perm(srv.addr, None).await, r.clone(), stop.clone());
+        flood.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Decided (fail closed) or shed with RESOURCE_EXHAUSTED.
+                match p.check_permission(r.clone()).await {
+                    Ok(resp) => assert_eq!(resp.into_inner().decision, pb::Decision::Denied as i32),
+                    Err(e) => assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}"),
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut d = DiagnosticsServiceClient::new(channel(srv.addr).await);
+    let mut worst = Duration::ZERO;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(2) {
+        let t = Instant::now();
+        d.echo(pb::EchoRequest { payload: vec![1; 16] }).await.unwrap();
+        worst = worst.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut checks = 0;
+    for f in flood {
+        checks += f.await.unwrap();
+    }
+    assert!(checks > 16, "the flood ran ({checks} checks)");
+    assert!(
+        worst < Duration::from_millis(500),
+        "an Echo waited {worst:?} behind expensive checks"
     );
     srv.shutdown().await;
 }

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::confine::TenantFields;
 use super::convert::*;
-use super::{AppState, auth, blocking, observed, st, tenant_field};
+use super::{AppState, auth, observed, st, tenant_field};
 use crate::engine::ids::{Subject, TenantId, Violations};
 use crate::engine::model::{Binding, Membership, Role};
 use crate::error::ServiceError;
@@ -45,6 +45,15 @@ impl AdminApi {
     async fn after_write(&self, revision: u64) {
         self.state.settle(revision).await;
     }
+
+    /// A write counts against the tenant's (and its ancestors')
+    /// `max_writes_per_second`.
+    fn write_rate(&self, tenant: &str) -> Result<(), Status> {
+        match self.state.index() {
+            Ok(index) => super::rate(index, tenant, super::ratelimit::Kind::Writes, 1),
+            Err(_) => Ok(()),
+        }
+    }
 }
 
 /// What a confined key may do to the tenants of its subtrees (`None` for
@@ -70,10 +79,13 @@ impl AdminService for AdminApi {
             let r = request.into_inner();
             let t = conv(tenant_from(&required(r.tenant, "tenant")?, "tenant"))?;
             caller.require_tenant(t.id.as_str())?;
+            self.write_rate(t.id.as_str())?;
             let expected = parse_expected(&r.expected_revision).map_err(st)?;
             let repo = self.state.repo.clone();
             let conf = confinement(&caller, t.id.as_str());
-            let a = blocking(move || repo.apply_tenant(t, expected, conf.as_ref()))
+            let a = self
+                .state
+                .blocking(move || repo.apply_tenant(t, expected, conf.as_ref()))
                 .await
                 .map_err(st)?;
             self.after_write(a.revision).await;
@@ -95,7 +107,7 @@ impl AdminService for AdminApi {
             caller.require_tenant(&r.id)?;
             let id = TenantId::parse(&r.id).map_err(|e| st(ServiceError::invalid("id", e)))?;
             let repo = self.state.repo.clone();
-            let (t, rev, usage) = blocking(move || repo.get_tenant(&id)).await.map_err(st)?;
+            let (t, rev, usage) = self.state.blocking(move || repo.get_tenant(&id)).await.map_err(st)?;
             Ok(Response::new(tenant_to(&t, rev, Some(usage))))
         })
         .await
@@ -126,7 +138,9 @@ impl AdminService for AdminApi {
                 .map(|u| TenantId::parse(&u).map_err(|e| st(ServiceError::invalid("under", e))))
                 .transpose()?;
             let repo = self.state.repo.clone();
-            let (items, next) = blocking(move || repo.list_tenants(under.as_ref(), &r.page_token, r.page_size))
+            let (items, next) = self
+                .state
+                .blocking(move || repo.list_tenants(under.as_ref(), &r.page_token, r.page_size))
                 .await
                 .map_err(st)?;
             Ok(Response::new(pb::ListTenantsResponse {
@@ -145,10 +159,13 @@ impl AdminService for AdminApi {
             tenant_field("id", &r.id)?;
             caller.require_tenant(&r.id)?;
             let id = TenantId::parse(&r.id).map_err(|e| st(ServiceError::invalid("id", e)))?;
+            self.write_rate(id.as_str())?;
             let expected = parse_expected(&r.expected_revision).map_err(st)?;
             let repo = self.state.repo.clone();
             let conf = confinement(&caller, id.as_str());
-            let rev = blocking(move || repo.delete_tenant(&id, expected, conf.as_ref()))
+            let rev = self
+                .state
+                .blocking(move || repo.delete_tenant(&id, expected, conf.as_ref()))
                 .await
                 .map_err(st)?;
             self.after_write(rev).await;
@@ -164,9 +181,14 @@ impl AdminService for AdminApi {
             let r = request.into_inner();
             let v = conv(vault_from(&required(r.vault, "vault")?, "vault"))?;
             caller.require_tenant(v.tenant.as_str())?;
+            self.write_rate(v.tenant.as_str())?;
             let expected = parse_expected(&r.expected_revision).map_err(st)?;
             let repo = self.state.repo.clone();
-            let a = blocking(move || repo.apply_vault(v, expected)).await.map_err(st)?;
+            let a = self
+                .state
+                .blocking(move || repo.apply_vault(v, expected))
+                .await
+                .map_err(st)?;
             self.after_write(a.revision).await;
             Ok(Response::new(pb::ApplyVaultResponse {
                 vault: Some(vault_to(&a.object, a.revision)),
@@ -188,7 +210,7 @@ impl AdminService for AdminApi {
             let (Some(t), Some(n)) = (t, n) else { return Err(st(v)) };
             caller.require_tenant(t.as_str())?;
             let repo = self.state.repo.clone();
-            let (vault, rev) = blocking(move || repo.get_vault(&t, &n)).await.map_err(st)?;
+            let (vault, rev) = self.state.blocking(move || repo.get_vault(&t, &n)).await.map_err(st)?;
             Ok(Response::new(vault_to(&vault, rev)))
         })
         .await
@@ -203,7 +225,9 @@ impl AdminService for AdminApi {
             caller.require_tenant(&r.tenant)?;
             let t = TenantId::parse(&r.tenant).map_err(|e| st(ServiceError::invalid("tenant", e)))?;
             let repo = self.state.repo.clone();
-            let (items, next) = blocking(move || repo.list_vaults(&t, &r.page_token, r.page_size))
+            let (items, next) = self
+                .state
+                .blocking(move || repo.list_vaults(&t, &r.page_token, r.page_size))
                 .await
                 .map_err(st)?;
             Ok(Response::new(pb::ListVaultsResponse {
@@ -224,9 +248,12 @@ impl AdminService for AdminApi {
             let n = vault_name(&mut v, "name", &r.name);
             let (Some(t), Some(n)) = (t, n) else { return Err(st(v)) };
             caller.require_tenant(t.as_str())?;
+            self.write_rate(t.as_str())?;
             let expected = parse_expected(&r.expected_revision).map_err(st)?;
             let repo = self.state.repo.clone();
-            let rev = blocking(move || repo.delete_vault(&t, &n, expected))
+            let rev = self
+                .state
+                .blocking(move || repo.delete_vault(&t, &n, expected))
                 .await
                 .map_err(st)?;
             self.after_write(rev).await;
@@ -242,9 +269,12 @@ impl AdminService for AdminApi {
             let r = request.into_inner();
             let role = conv(role_from(&required(r.role, "role")?, "role"))?;
             caller.require_tenant(role.tenant.as_str())?;
+            self.write_rate(role.tenant.as_str())?;
             let expected = parse_expected(&r.expected_revision).map_err(st)?;
             let repo = self.state.repo.clone();
-            let a = blocking(move || repo.apply_role(role, expected))
+            let a = self
+                .state
+                .blocking(move || repo.apply_role(role, expected))
                 .await
                 .map_err(|e| match e {
                     ServiceError::Invalid(mut v) => {
@@ -274,7 +304,9 @@ impl AdminService for AdminApi {
             let name = crate::engine::RoleName::parse(&r.name).map_err(|e| st(ServiceError::invalid("name", e)))?;
             caller.require_tenant(t.as_str())?;
             let repo = self.state.repo.clone();
-            let (role, rev) = blocking(move || repo.get_role(&t, vn.as_ref(), &name))
+            let (role, rev) = self
+                .state
+                .blocking(move || repo.get_role(&t, vn.as_ref(), &name))
                 .await
                 .map_err(st)?;
             Ok(Response::new(role_to(&role, rev)))
@@ -290,7 +322,9 @@ impl AdminService for AdminApi {
             let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
             caller.require_tenant(t.as_str())?;
             let repo = self.state.repo.clone();
-            let (items, next) = blocking(move || repo.list_roles(&t, vn.as_ref(), &r.page_token, r.page_size))
+            let (items, next) = self
+                .state
+                .blocking(move || repo.list_roles(&t, vn.as_ref(), &r.page_token, r.page_size))
                 .await
                 .map_err(st)?;
             Ok(Response::new(pb::ListRolesResponse {
@@ -309,9 +343,12 @@ impl AdminService for AdminApi {
             let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
             let name = crate::engine::RoleName::parse(&r.name).map_err(|e| st(ServiceError::invalid("name", e)))?;
             caller.require_tenant(t.as_str())?;
+            self.write_rate(t.as_str())?;
             let expected = parse_expected(&r.expected_revision).map_err(st)?;
             let repo = self.state.repo.clone();
-            let rev = blocking(move || repo.delete_role(&t, vn.as_ref(), &name, expected))
+            let rev = self
+                .state
+                .blocking(move || repo.delete_role(&t, vn.as_ref(), &name, expected))
                 .await
                 .map_err(st)?;
             self.after_write(rev).await;
@@ -327,6 +364,7 @@ impl AdminService for AdminApi {
             let r = request.into_inner();
             let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
             caller.require_tenant(t.as_str())?;
+            self.write_rate(t.as_str())?;
             let mut v = Violations::new();
             let mut upserts: Vec<Binding> = Vec::with_capacity(r.upserts.len());
             for (i, b) in r.upserts.iter().enumerate() {
@@ -339,7 +377,9 @@ impl AdminService for AdminApi {
             v.into_result().map_err(st)?;
             let repo = self.state.repo.clone();
             let deletes = r.deletes;
-            let ((up, del), rev) = blocking(move || repo.write_bindings(&t, vn.as_ref(), &upserts, &deletes, replace))
+            let ((up, del), rev) = self
+                .state
+                .blocking(move || repo.write_bindings(&t, vn.as_ref(), &upserts, &deletes, replace))
                 .await
                 .map_err(st)?;
             self.after_write(rev).await;
@@ -368,11 +408,13 @@ impl AdminService for AdminApi {
             let source = opt_source(&mut v, "source", r.source);
             v.into_result().map_err(st)?;
             let repo = self.state.repo.clone();
-            let (items, next) = blocking(move || {
-                repo.list_bindings(&t, vn.as_ref(), subj.as_ref(), source, &r.page_token, r.page_size)
-            })
-            .await
-            .map_err(st)?;
+            let (items, next) = self
+                .state
+                .blocking(move || {
+                    repo.list_bindings(&t, vn.as_ref(), subj.as_ref(), source, &r.page_token, r.page_size)
+                })
+                .await
+                .map_err(st)?;
             Ok(Response::new(pb::ListBindingsResponse {
                 bindings: items.iter().map(binding_to).collect(),
                 next_page_token: next,
@@ -388,6 +430,7 @@ impl AdminService for AdminApi {
             let r = request.into_inner();
             let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
             caller.require_tenant(t.as_str())?;
+            self.write_rate(t.as_str())?;
             let mut v = Violations::new();
             let mut conv_list = |field: &str, list: &[pb::Membership]| -> Vec<Membership> {
                 let mut out = Vec::with_capacity(list.len());
@@ -404,10 +447,11 @@ impl AdminService for AdminApi {
             let replace = opt_source(&mut v, "replace_source", r.replace_source);
             v.into_result().map_err(st)?;
             let repo = self.state.repo.clone();
-            let ((up, del), rev) =
-                blocking(move || repo.write_memberships(&t, vn.as_ref(), &upserts, &deletes, replace))
-                    .await
-                    .map_err(st)?;
+            let ((up, del), rev) = self
+                .state
+                .blocking(move || repo.write_memberships(&t, vn.as_ref(), &upserts, &deletes, replace))
+                .await
+                .map_err(st)?;
             self.after_write(rev).await;
             Ok(Response::new(pb::WriteResponse {
                 written_at: token(rev),
@@ -438,18 +482,20 @@ impl AdminService for AdminApi {
             };
             v.into_result().map_err(st)?;
             let repo = self.state.repo.clone();
-            let (items, next) = blocking(move || {
-                repo.list_memberships(
-                    &t,
-                    vn.as_ref(),
-                    group.as_ref(),
-                    member.as_ref(),
-                    &r.page_token,
-                    r.page_size,
-                )
-            })
-            .await
-            .map_err(st)?;
+            let (items, next) = self
+                .state
+                .blocking(move || {
+                    repo.list_memberships(
+                        &t,
+                        vn.as_ref(),
+                        group.as_ref(),
+                        member.as_ref(),
+                        &r.page_token,
+                        r.page_size,
+                    )
+                })
+                .await
+                .map_err(st)?;
             Ok(Response::new(pb::ListMembershipsResponse {
                 memberships: items.iter().map(membership_to).collect(),
                 next_page_token: next,
@@ -486,6 +532,7 @@ impl AdminService for AdminApi {
                             )));
                         }
                         caller.require_tenant(t.as_str())?;
+                        self.write_rate(t.as_str())?;
                         scope = Some((m.tenant.clone(), m.vault.clone()));
                     } else if let Some((t, v)) = &scope
                         && ((!m.tenant.is_empty() && m.tenant != *t) || (!m.vault.is_empty() && m.vault != *v))
@@ -537,21 +584,23 @@ impl AdminService for AdminApi {
                         std::mem::take(&mut memberships),
                     );
                     let (nr, nb, nm) = (rs.len() as u32, bs.len() as u32, ms.len() as u32);
-                    let rev = blocking(move || {
-                        let mut rev = 0;
-                        for r in rs {
-                            rev = rev.max(repo.apply_role(r, None)?.revision);
-                        }
-                        if !bs.is_empty() {
-                            rev = rev.max(repo.write_bindings(&tid, vn.as_ref(), &bs, &[], None)?.1);
-                        }
-                        if !ms.is_empty() {
-                            rev = rev.max(repo.write_memberships(&tid, vn.as_ref(), &ms, &[], None)?.1);
-                        }
-                        Ok(rev)
-                    })
-                    .await
-                    .map_err(st)?;
+                    let rev = self
+                        .state
+                        .blocking(move || {
+                            let mut rev = 0;
+                            for r in rs {
+                                rev = rev.max(repo.apply_role(r, None)?.revision);
+                            }
+                            if !bs.is_empty() {
+                                rev = rev.max(repo.write_bindings(&tid, vn.as_ref(), &bs, &[], None)?.1);
+                            }
+                            if !ms.is_empty() {
+                                rev = rev.max(repo.write_memberships(&tid, vn.as_ref(), &ms, &[], None)?.1);
+                            }
+                            Ok(rev)
+                        })
+                        .await
+                        .map_err(st)?;
                     last_rev = last_rev.max(rev);
                     n_roles += nr;
                     n_bindings += nb;
@@ -586,7 +635,11 @@ impl AdminService for AdminApi {
             let (Some(t), Some(n)) = (t, n) else { return Err(st(v)) };
             caller.require_tenant(t.as_str())?;
             let repo = self.state.repo.clone();
-            let (export, rev) = blocking(move || repo.export_vault(&t, &n)).await.map_err(st)?;
+            let (export, rev) = self
+                .state
+                .blocking(move || repo.export_vault(&t, &n))
+                .await
+                .map_err(st)?;
             let revision = token(rev);
             use pb::export_vault_response::Item;
             let mut items = vec![Item::Vault(vault_to(&export.vault, 0))];

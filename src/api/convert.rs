@@ -3,6 +3,7 @@
 
 use portcullis_proto::v1 as pb;
 
+use crate::engine::cost;
 use crate::engine::ids::*;
 use crate::engine::model::*;
 use crate::repo::{Usage, token};
@@ -384,22 +385,111 @@ pub fn change_to(c: &Change) -> pb::Change {
     pb::Change { change: Some(change) }
 }
 
-/// `google.protobuf.Struct` to JSON, for CEL's `context`.
-pub fn struct_to_json(s: &prost_types::Struct) -> serde_json::Map<String, serde_json::Value> {
-    s.fields.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect()
+/// The largest request context, as encoded on the wire.
+pub const MAX_CONTEXT_BYTES: usize = 64 * 1024;
+/// Lists and structs nested in a context, at most (the context itself is 1).
+pub const MAX_CONTEXT_DEPTH: usize = 8;
+
+/// A request's `context` to JSON, for CEL, within the documented limits:
+/// [`MAX_CONTEXT_BYTES`] in all, [`MAX_CONTEXT_DEPTH`] levels, lists and
+/// structs of at most [`cost::MAX_CONTEXT_LIST`] entries and strings of at
+/// most [`cost::MAX_CONTEXT_STRING`] bytes, so what a condition iterates
+/// over is bounded whatever the caller sends. Violations name the path
+/// (`context.groups[300]`).
+pub fn context_from(field: &str, s: &prost_types::Struct) -> Conv<serde_json::Map<String, serde_json::Value>> {
+    let mut v = Violations::new();
+    let size = prost::Message::encoded_len(s);
+    if size > MAX_CONTEXT_BYTES {
+        v.push(
+            field,
+            format!("must be at most {MAX_CONTEXT_BYTES} bytes encoded, got {size}"),
+        );
+        return Err(v);
+    }
+    let out = struct_json(&mut v, field, s, 1);
+    v.into_result().map(|_| out)
 }
 
-fn value_to_json(v: &prost_types::Value) -> serde_json::Value {
+fn struct_json(
+    v: &mut Violations,
+    path: &str,
+    s: &prost_types::Struct,
+    depth: usize,
+) -> serde_json::Map<String, serde_json::Value> {
+    if s.fields.len() > cost::MAX_CONTEXT_LIST {
+        v.push(
+            path,
+            format!("at most {} keys, got {}", cost::MAX_CONTEXT_LIST, s.fields.len()),
+        );
+        return Default::default();
+    }
+    s.fields
+        .iter()
+        .map(|(k, x)| (k.clone(), value_json(v, &format!("{path}.{k}"), x, depth)))
+        .collect()
+}
+
+fn value_json(v: &mut Violations, path: &str, x: &prost_types::Value, depth: usize) -> serde_json::Value {
     use prost_types::value::Kind;
-    match &v.kind {
+    let nested = |v: &mut Violations| {
+        if depth >= MAX_CONTEXT_DEPTH {
+            v.push(
+                path,
+                format!("lists and structs may nest at most {MAX_CONTEXT_DEPTH} deep"),
+            );
+            false
+        } else {
+            true
+        }
+    };
+    match &x.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
         Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
             .map(serde_json::Value::Number)
             .unwrap_or(serde_json::Value::Null),
-        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+        Some(Kind::StringValue(s)) => {
+            if s.len() > cost::MAX_CONTEXT_STRING {
+                v.push(
+                    path,
+                    format!(
+                        "strings may be at most {} bytes, got {}",
+                        cost::MAX_CONTEXT_STRING,
+                        s.len()
+                    ),
+                );
+            }
+            serde_json::Value::String(s.clone())
+        }
         Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
-        Some(Kind::StructValue(s)) => serde_json::Value::Object(struct_to_json(s)),
-        Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.iter().map(value_to_json).collect()),
+        Some(Kind::StructValue(s)) => {
+            if !nested(v) {
+                return serde_json::Value::Null;
+            }
+            serde_json::Value::Object(struct_json(v, path, s, depth + 1))
+        }
+        Some(Kind::ListValue(l)) => {
+            if !nested(v) {
+                return serde_json::Value::Null;
+            }
+            if l.values.len() > cost::MAX_CONTEXT_LIST {
+                v.push(
+                    path,
+                    format!(
+                        "lists may hold at most {} values, got {}",
+                        cost::MAX_CONTEXT_LIST,
+                        l.values.len()
+                    ),
+                );
+                return serde_json::Value::Null;
+            }
+            serde_json::Value::Array(
+                l.values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| value_json(v, &format!("{path}[{i}]"), x, depth + 1))
+                    .collect(),
+            )
+        }
     }
 }
 

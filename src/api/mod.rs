@@ -9,6 +9,7 @@ pub mod confine;
 pub mod convert;
 pub mod diagnostics;
 pub mod permission;
+pub mod pool;
 pub mod ratelimit;
 pub mod status;
 pub mod watch;
@@ -36,6 +37,7 @@ pub struct AppState {
     pub leader: Arc<LeaderStatus>,
     /// Becomes true when the server starts shutting down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub pools: pool::Pools,
 }
 
 /// Leadership as the diagnostics and health report it.
@@ -62,7 +64,18 @@ impl AppState {
             consistency_wait,
             leader,
             shutdown,
+            pools: pool::Pools::default(),
         }
+    }
+
+    /// Runs store work on the bounded store pool.
+    pub async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+        self.pools.store.run(f).await?
+    }
+
+    /// Runs expensive work on the bounded expensive pool.
+    pub async fn expensive<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        self.pools.expensive.run(f).await
     }
 
     pub fn set_index(&self, index: Arc<LiveIndex>) {
@@ -87,7 +100,7 @@ impl AppState {
             }
             Some(Requirement::FullyConsistent(_)) => {
                 let repo = self.repo.clone();
-                let rev = blocking(move || repo.current_version()).await?;
+                let rev = self.blocking(move || repo.current_version()).await?;
                 index.wait_for(rev, self.consistency_wait).await
             }
         }
@@ -100,13 +113,6 @@ impl AppState {
             let _ = index.wait_for(revision, Duration::from_secs(1)).await;
         }
     }
-}
-
-/// Runs a store operation on a blocking thread.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(ServiceError::Internal(format!("worker task failed: {e}"))))
 }
 
 /// Times an RPC and counts its code.
@@ -122,6 +128,19 @@ pub async fn observed<T>(
         Err(s) => s.code(),
     });
     r
+}
+
+/// Takes `n` tokens of `kind` from the tenant's (and its ancestors')
+/// rate limits; RESOURCE_EXHAUSTED with `RetryInfo` when one is spent.
+pub fn rate(index: &LiveIndex, tenant: &str, kind: ratelimit::Kind, n: u32) -> std::result::Result<(), Status> {
+    index.limits.take(tenant, kind, n).map_err(|r| {
+        status::rate_limited(
+            r.retry_after,
+            r.kind.field(),
+            &format!("tenant {}", r.tenant),
+            r.per_second,
+        )
+    })
 }
 
 /// Validates a tenant id field before anything else looks at it.

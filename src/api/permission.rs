@@ -7,14 +7,17 @@ use portcullis_proto::v1::permission_service_server::PermissionService;
 use tonic::{Request, Response, Status};
 
 use super::confine::TenantFields;
-use super::convert::{effect_to, scope_strings, source_to, statement_to, struct_to_json, ts_to};
-use super::{AppState, auth, observed, st, tenant_field};
+use super::convert::{context_from, effect_to, scope_strings, source_to, statement_to, ts_to};
+use super::ratelimit::Kind;
+use super::{AppState, auth, observed, rate, st, tenant_field};
+use crate::engine::cost::CHECK_BUDGET;
 use crate::engine::{
     CheckItem, CheckResult, EntryOutcome, Explanation, PageRequest, Possibility, Reason, RequestContext, ResourceRule,
     RoleKey, Timestamp, check_bulk_in, lookup_subjects_in,
 };
 use crate::error::ServiceError;
 use crate::repo::{MAX_PAGE, token};
+use crate::telemetry;
 use crate::telemetry::DECISIONS;
 
 const SVC: &str = "portcullis.v1.PermissionService";
@@ -109,10 +112,14 @@ fn rule_to(r: &ResourceRule) -> pb::ResourceRule {
     }
 }
 
-fn context_of(s: &Option<prost_types::Struct>) -> RequestContext {
-    s.as_ref()
-        .map(|s| RequestContext::new(struct_to_json(s)))
-        .unwrap_or_default()
+/// The request context, within its limits, with the inline budget: a check
+/// that needs more is re-run on the bounded pool (see [`crate::engine::cost`]).
+fn context_of(field: &str, s: &Option<prost_types::Struct>) -> Result<RequestContext, crate::engine::Violations> {
+    let ctx = match s {
+        Some(s) => RequestContext::new(context_from(field, s)?),
+        None => RequestContext::default(),
+    };
+    Ok(ctx.with_budget(crate::engine::cost::INLINE_BUDGET))
 }
 
 impl PermissionApi {
@@ -144,7 +151,9 @@ impl PermissionService for PermissionApi {
             caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
-            let ctx = context_of(&r.context);
+            rate(index, &r.tenant, Kind::Checks, 1)?;
+            let ctx = context_of("context", &r.context).map_err(st)?;
+            let now = Timestamp::now();
             let item = CheckItem {
                 subject: &r.subject,
                 action: &r.action,
@@ -153,7 +162,29 @@ impl PermissionService for PermissionApi {
             };
             let res = index
                 .engine()
-                .check(&r.tenant, &r.vault, &item, Timestamp::now(), r.explain)
+                .check(&r.tenant, &r.vault, &item, now, r.explain)
+                .map_err(st)?;
+            if !ctx.budget().exhausted() {
+                return Ok(Response::new(check_response(&res, at)));
+            }
+            // Its conditions need more than the inline budget: again, on the
+            // bounded pool, with the full one, so a request thread is never
+            // held for long.
+            telemetry::CHECKS_OFFLOADED.inc();
+            let (index, full) = (index.clone(), ctx.clone().with_budget(CHECK_BUDGET));
+            let res = self
+                .state
+                .expensive(move || {
+                    let item = CheckItem {
+                        subject: &r.subject,
+                        action: &r.action,
+                        resource: &r.resource,
+                        context: &full,
+                    };
+                    index.engine().check(&r.tenant, &r.vault, &item, now, r.explain)
+                })
+                .await
+                .map_err(st)?
                 .map_err(st)?;
             Ok(Response::new(check_response(&res, at)))
         })
@@ -175,32 +206,44 @@ impl PermissionService for PermissionApi {
                 )));
             }
             let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
+            rate(index, &r.tenant, Kind::Checks, r.items.len().max(1) as u32)?;
             let view = index.engine().view(&r.tenant, &r.vault).map_err(st)?;
-            let contexts: Vec<RequestContext> = r.items.iter().map(|i| context_of(&i.context)).collect();
-            let items: Vec<CheckItem<'_>> = r
-                .items
-                .iter()
-                .zip(&contexts)
-                .map(|(i, c)| CheckItem {
-                    subject: &i.subject,
-                    action: &i.action,
-                    resource: &i.resource,
-                    context: c,
+            let explain = r.explain;
+            // Up to a thousand checks: on the bounded pool, each with its
+            // own full budget.
+            let results = self
+                .state
+                .expensive(move || {
+                    let now = Timestamp::now();
+                    r.items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, it)| {
+                            let ctx = match context_of(&format!("items[{i}].context"), &it.context) {
+                                Ok(c) => c.with_budget(CHECK_BUDGET),
+                                Err(v) => return Err(v),
+                            };
+                            let item = CheckItem {
+                                subject: &it.subject,
+                                action: &it.action,
+                                resource: &it.resource,
+                                context: &ctx,
+                            };
+                            check_bulk_in(&view, std::slice::from_ref(&item), now, explain)
+                                .pop()
+                                .expect("one result per item")
+                                .map_err(|v| v.prefixed(&format!("items[{i}].")))
+                        })
+                        .collect::<Vec<_>>()
                 })
-                .collect();
-            let results = check_bulk_in(&view, &items, Timestamp::now(), r.explain)
+                .await
+                .map_err(st)?;
+            let results = results
                 .into_iter()
-                .enumerate()
-                .map(|(i, res)| pb::BulkCheckResult {
+                .map(|res| pb::BulkCheckResult {
                     result: Some(match res {
                         Ok(c) => pb::bulk_check_result::Result::Response(check_response(&c, at)),
-                        Err(v) => {
-                            let mut v = v;
-                            for f in &mut v.0 {
-                                f.field = format!("items[{i}].{}", f.field);
-                            }
-                            pb::bulk_check_result::Result::Error(super::status::item_error(&v))
-                        }
+                        Err(v) => pb::bulk_check_result::Result::Error(super::status::item_error(&v)),
                     }),
                 })
                 .collect();
@@ -221,9 +264,17 @@ impl PermissionService for PermissionApi {
             caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
-            let f = index
-                .engine()
-                .lookup_resources(&r.tenant, &r.vault, &r.subject, &r.action, Timestamp::now())
+            rate(index, &r.tenant, Kind::Checks, 1)?;
+            let index = index.clone();
+            let f = self
+                .state
+                .expensive(move || {
+                    index
+                        .engine()
+                        .lookup_resources(&r.tenant, &r.vault, &r.subject, &r.action, Timestamp::now())
+                })
+                .await
+                .map_err(st)?
                 .map_err(st)?;
             Ok(Response::new(pb::LookupResourcesResponse {
                 grants: f.grants.iter().map(rule_to).collect(),
@@ -265,22 +316,25 @@ impl PermissionService for PermissionApi {
                 n => n.min(MAX_PAGE),
             };
             let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
+            rate(index, &r.tenant, Kind::Checks, 1)?;
             let view = index.engine().view(&r.tenant, &r.vault).map_err(st)?;
             let (action, resource) = (r.action.clone(), r.resource.clone());
-            let page = tokio::task::spawn_blocking(move || {
-                lookup_subjects_in(
-                    &view,
-                    &action,
-                    &resource,
-                    Timestamp::now(),
-                    PageRequest {
-                        after: after.as_deref(),
-                        limit,
-                    },
-                )
-            })
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            let page = self
+                .state
+                .expensive(move || {
+                    lookup_subjects_in(
+                        &view,
+                        &action,
+                        &resource,
+                        Timestamp::now(),
+                        PageRequest {
+                            after: after.as_deref(),
+                            limit,
+                        },
+                    )
+                })
+                .await
+                .map_err(st)?;
             Ok(Response::new(pb::LookupSubjectsResponse {
                 subjects: page
                     .subjects
@@ -306,9 +360,17 @@ impl PermissionService for PermissionApi {
             caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
-            let eff = index
-                .engine()
-                .effective_permissions(&r.tenant, &r.vault, &r.subject, Timestamp::now())
+            rate(index, &r.tenant, Kind::Checks, 1)?;
+            let (index, tenant, vault, subject) = (index.clone(), r.tenant.clone(), r.vault.clone(), r.subject.clone());
+            let eff = self
+                .state
+                .expensive(move || {
+                    index
+                        .engine()
+                        .effective_permissions(&tenant, &vault, &subject, Timestamp::now())
+                })
+                .await
+                .map_err(st)?
                 .map_err(st)?;
             let statements = eff
                 .iter()

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::confine::TenantFields;
 use super::convert::{change_to, opt_vault, tenant_id};
-use super::{AppState, auth, blocking, observed, st};
+use super::{AppState, auth, observed, st};
 use crate::engine::Violations;
 use crate::repo::{parse_token, token};
 
@@ -47,10 +47,13 @@ impl WatchService for WatchApi {
             // older than the changelog is an error status, not a stream item.
             let repo = self.state.repo.clone();
             let (tt, vv) = (t.clone(), vn.clone());
-            let (first, upto) = blocking(move || repo.read_log(&tt, vv.as_ref(), after, PAGE))
+            let (first, upto) = self
+                .state
+                .blocking(move || repo.read_log(&tt, vv.as_ref(), after, PAGE))
                 .await
                 .map_err(st)?;
             let repo = self.state.repo.clone();
+            let state = self.state.clone();
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::WatchResponse, Status>>(64);
             let mut stopping = self.state.shutdown.clone();
             tokio::spawn(async move {
@@ -78,7 +81,10 @@ impl WatchService for WatchApi {
                         _ = stopping.wait_for(|s| *s) => return,
                     }
                     let (repo2, tt, vv) = (repo.clone(), t.clone(), vn.clone());
-                    match blocking(move || repo2.read_log(&tt, vv.as_ref(), after, PAGE)).await {
+                    match state
+                        .blocking(move || repo2.read_log(&tt, vv.as_ref(), after, PAGE))
+                        .await
+                    {
                         Ok((b, u)) => {
                             batch = b;
                             upto = u;

@@ -24,6 +24,8 @@ use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 use cel::{Context, Env, Program, Value};
 
+use super::cost::{self, Budget};
+
 pub const MAX_SOURCE_CHARS: usize = 4096;
 const MAX_DEPTH: usize = 100;
 const MAX_NESTING: usize = 64;
@@ -39,7 +41,11 @@ pub struct ConditionError {
 /// A compiled condition. Cheap to share; evaluation never re-parses.
 pub struct Condition {
     source: Arc<str>,
-    program: Program,
+    /// The expression as written, with its comprehensions charging the
+    /// evaluation budget (see [`cost`]).
+    instrumented: cel::IdedExpr,
+    /// What one evaluation costs before any comprehension iterates.
+    weight: cost::Weight,
 }
 
 impl fmt::Debug for Condition {
@@ -50,7 +56,36 @@ impl fmt::Debug for Condition {
 
 fn env() -> &'static Arc<Env> {
     static ENV: OnceLock<Arc<Env>> = OnceLock::new();
-    ENV.get_or_init(|| Arc::new(Env::stdlib()))
+    ENV.get_or_init(|| {
+        let mut env = Env::stdlib();
+        env.add_overload(
+            cost::BUDGET_FN,
+            "portcullis_budget_int",
+            vec![cel::common::types::INT_TYPE, cel::common::types::INT_TYPE],
+            cost::budget_fn,
+        )
+        .expect("the budget function is declared once");
+        Arc::new(env)
+    })
+}
+
+/// Regular expressions in conditions: compiled size and nesting bounded,
+/// so a pattern cannot cost more than its text.
+const MAX_REGEX_BYTES: usize = 64 * 1024;
+
+fn regex_error(pattern: &str) -> Option<String> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(MAX_REGEX_BYTES)
+        .nest_limit(32)
+        .build()
+        .err()
+        .map(|e| match e {
+            regex::Error::CompiledTooBig(_) => format!("regular expression {pattern:?} is too large"),
+            e => format!(
+                "invalid regular expression {pattern:?}: {}",
+                e.to_string().lines().last().unwrap_or("")
+            ),
+        })
 }
 
 impl Condition {
@@ -95,9 +130,34 @@ impl Condition {
                 format!("a condition must be a bool expression, this one is {}", ty.name()),
             ));
         }
+        let est = cost::estimate(program.expression());
+        if est.nesting > cost::MAX_COMPREHENSION_NESTING {
+            return Err(checker.error(
+                first_comprehension(program.expression()).unwrap_or(program.expression().id),
+                format!(
+                    "comprehensions (all, exists, exists_one, map, filter) nested {} deep; at most {} may nest",
+                    est.nesting,
+                    cost::MAX_COMPREHENSION_NESTING
+                ),
+            ));
+        }
+        let worst = cost::worst_steps(&est);
+        if worst > cost::MAX_STATIC_COST {
+            return Err(checker.error(
+                first_comprehension(program.expression()).unwrap_or(program.expression().id),
+                format!(
+                    "this condition may cost up to {worst} evaluation steps with a context of {}-element lists, over the limit of {}; iterate over fewer or smaller lists",
+                    cost::MAX_CONTEXT_LIST,
+                    cost::MAX_STATIC_COST
+                ),
+            ));
+        }
+        let mut instrumented = program.expression().clone();
+        cost::instrument(&mut instrumented);
         Ok(Condition {
             source: source.into(),
-            program,
+            weight: cost::static_weight(program.expression()),
+            instrumented,
         })
     }
 
@@ -105,15 +165,22 @@ impl Condition {
         &self.source
     }
 
-    /// Evaluates against one request. `Err` carries a message for explanations;
-    /// callers decide what an error means (it never means "allow").
+    /// Evaluates against one request, within the request's budget. `Err`
+    /// carries a message for explanations; callers decide what an error
+    /// means (it never means "allow").
     pub fn eval(&self, vars: &Vars<'_>) -> Result<bool, String> {
-        let mut ctx = Context::with_env(env().clone());
-        ctx.set_variable_resolver(vars);
-        match self.program.execute(&ctx) {
-            Ok(Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(format!("evaluated to {:?}, not a bool", other.type_of())),
+        let budget = vars.context.budget();
+        let run = budget.run(self.weight, || {
+            let mut ctx = Context::with_env(env().clone());
+            ctx.set_variable_resolver(vars);
+            Value::resolve(&self.instrumented, &ctx)
+        });
+        match run {
             Err(e) => Err(e.to_string()),
+            Ok(Ok(Value::Bool(b))) => Ok(b),
+            Ok(Ok(other)) => Err(format!("evaluated to {:?}, not a bool", other.type_of())),
+            Ok(Err(_)) if budget.exhausted() => Err(cost::EXHAUSTED.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
         }
     }
 }
@@ -145,12 +212,30 @@ pub fn cel_timestamp(t: super::model::Timestamp) -> CelTimestamp {
     CelTimestamp::from(t.to_chrono().fixed_offset())
 }
 
+fn first_comprehension(e: &cel::IdedExpr) -> Option<u64> {
+    use cel::common::ast::Expr as E;
+    match &e.expr {
+        E::Comprehension(_) => Some(e.id),
+        E::Call(c) => c
+            .target
+            .iter()
+            .map(|t| &**t)
+            .chain(c.args.iter())
+            .find_map(first_comprehension),
+        E::Select(s) => first_comprehension(&s.operand),
+        E::List(l) => l.elements.iter().find_map(first_comprehension),
+        _ => None,
+    }
+}
+
 /// A request's attributes, converted to CEL once, on first use, so requests
-/// whose conditions never run pay nothing.
+/// whose conditions never run pay nothing; and the evaluation budget its
+/// conditions share.
 #[derive(Default)]
 pub struct RequestContext {
     json: serde_json::Map<String, serde_json::Value>,
     cel: OnceLock<Box<dyn Val>>,
+    budget: Budget,
 }
 
 impl fmt::Debug for RequestContext {
@@ -160,17 +245,28 @@ impl fmt::Debug for RequestContext {
 }
 
 impl Clone for RequestContext {
+    /// The same attributes with a fresh budget of the same size.
     fn clone(&self) -> Self {
-        RequestContext::new(self.json.clone())
+        RequestContext::new(self.json.clone()).with_budget(self.budget.limit())
     }
 }
 
 impl RequestContext {
     pub fn new(json: serde_json::Map<String, serde_json::Value>) -> RequestContext {
+        let l = longest_collection(&json);
         RequestContext {
             json,
             cel: OnceLock::new(),
+            budget: Budget::default().for_context(l),
         }
+    }
+    /// The same context with a budget of `limit` (see [`cost`]).
+    pub fn with_budget(mut self, limit: i64) -> RequestContext {
+        self.budget = Budget::new(limit).for_context(self.budget.longest());
+        self
+    }
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
     pub fn empty() -> RequestContext {
         RequestContext::default()
@@ -186,6 +282,19 @@ impl RequestContext {
             val.unwrap_or_else(|_| Box::new(cel::common::types::CelNull))
         })
     }
+}
+
+/// The longest list or map anywhere in a context: the `L` its conditions
+/// are charged at.
+fn longest_collection(m: &serde_json::Map<String, serde_json::Value>) -> u64 {
+    fn go(v: &serde_json::Value) -> u64 {
+        match v {
+            serde_json::Value::Array(a) => a.iter().map(go).max().unwrap_or(0).max(a.len() as u64),
+            serde_json::Value::Object(o) => o.values().map(go).max().unwrap_or(0).max(o.len() as u64),
+            _ => 0,
+        }
+    }
+    m.values().map(go).max().unwrap_or(0).max(m.len() as u64)
 }
 
 fn json_to_cel(v: &serde_json::Value) -> Value {
@@ -394,6 +503,17 @@ impl Checker<'_> {
         }
     }
 
+    /// A literal pattern is compiled now, so a bad one is refused when
+    /// written rather than failing every check.
+    fn check_regex_literal(&self, e: &IdedExpr) -> Result<(), ConditionError> {
+        if let Expr::Literal(LiteralValue::String(p)) = &e.expr
+            && let Some(msg) = regex_error(p)
+        {
+            return Err(self.error(e.id, msg));
+        }
+        Ok(())
+    }
+
     fn check_call(
         &self,
         e: &IdedExpr,
@@ -544,6 +664,9 @@ impl Checker<'_> {
             }
             ("contains" | "startsWith" | "endsWith" | "matches", Some(t)) => {
                 arity(1)?;
+                if name == "matches" {
+                    self.check_regex_literal(&call.args[0])?;
+                }
                 if known(t) && t != Ty::String {
                     return Err(self.error(e.id, format!("{name}() applies to strings, not {}", t.name())));
                 }
@@ -552,6 +675,7 @@ impl Checker<'_> {
             }
             ("matches", None) => {
                 arity(2)?;
+                self.check_regex_literal(&call.args[1])?;
                 want(0, &[Ty::String])?;
                 want(1, &[Ty::String])?;
                 Ok(Ty::Bool)

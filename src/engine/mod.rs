@@ -35,6 +35,7 @@
 //! everything up to `r`.
 
 pub mod condition;
+pub mod cost;
 pub mod dataset;
 pub mod ids;
 pub mod model;
@@ -208,6 +209,17 @@ impl Engine {
             }
             q
         });
+    }
+
+    /// The tenants whose limits include a rate, for the rate limiter.
+    pub fn rate_limited_tenants(&self) -> Vec<Tenant> {
+        self.catalog()
+            .tenants
+            .values()
+            .filter_map(|n| n.tenant.as_ref())
+            .filter(|t| t.limits.max_checks_per_second > 0 || t.limits.max_writes_per_second > 0)
+            .cloned()
+            .collect()
     }
 
     /// Everything in quarantine.
