@@ -146,6 +146,19 @@ impl Running {
     }
 }
 
+/// tonic answers a message over the size limit with OUT_OF_RANGE; gRPC's
+/// status codes say RESOURCE_EXHAUSTED. Portcullis never answers
+/// OUT_OF_RANGE itself, so every such status (sent in the headers of a
+/// trailers-only response) is one of those.
+fn message_too_large_is_resource_exhausted<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let code = |c: tonic::Code| http::HeaderValue::from(c as i32);
+    if resp.headers().get("grpc-status") == Some(&code(tonic::Code::OutOfRange)) {
+        resp.headers_mut()
+            .insert("grpc-status", code(tonic::Code::ResourceExhausted));
+    }
+    resp
+}
+
 /// Re-reads the keys file and the TLS files every `every`, until shutdown.
 fn spawn_reloader(
     keys: crate::api::auth::Keys,
@@ -283,6 +296,9 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
     let router = Server::builder()
         .timeout(opts.request_timeout)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(tower::util::MapResponseLayer::new(
+            message_too_large_is_resource_exhausted,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -830,3 +830,106 @@ async fn expensive_checks_do_not_delay_other_requests() {
     );
     srv.shutdown().await;
 }
+
+/// Sends raw bytes as a request body, whatever they decode to.
+#[derive(Clone, Default)]
+struct Raw;
+struct RawCoder;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCoder;
+    type Decoder = RawCoder;
+    fn encoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+    fn decoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+}
+
+impl tonic::codec::Encoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(buf);
+        Ok(Some(bytes::Buf::copy_to_bytes(buf, n).to_vec()))
+    }
+}
+
+async fn raw_call(addr: std::net::SocketAddr, path: &'static str, body: Vec<u8>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel(addr).await);
+    grpc.ready().await.unwrap();
+    grpc.unary(
+        tonic::Request::new(body),
+        http::uri::PathAndQuery::from_static(path),
+        Raw,
+    )
+    .await
+    .expect_err("a malformed request is refused")
+}
+
+fn nested_struct(depth: usize) -> prost_types::Struct {
+    let mut s = prost_types::Struct::default();
+    for _ in 0..depth {
+        s = ctx_with(
+            "x",
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StructValue(s)),
+            },
+        );
+    }
+    s
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_messages_are_the_callers_error() {
+    let srv = start(ServeOptions::for_tests()).await;
+    const CHECK: &str = "/portcullis.v1.PermissionService/CheckPermission";
+    let deep = prost::Message::encode_to_vec(&pb::CheckPermissionRequest {
+        context: Some(nested_struct(40)),
+        ..check_req("acme", "docs", "user:a", "a", "r:x")
+    });
+    for (what, body) in [
+        ("invalid UTF-8 in a string field", vec![0x0a, 0x02, 0xff, 0xfe]),
+        ("random bytes", vec![0xff; 10]),
+        ("a Struct nested 40 deep", deep),
+    ] {
+        let e = raw_call(srv.addr, CHECK, body).await;
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+        assert_eq!(
+            e.get_details_error_info().unwrap().reason,
+            "MALFORMED_REQUEST",
+            "{what}"
+        );
+    }
+    // Within the decoder's depth but past the context's: the field is named.
+    let mut p = perm(srv.addr, None).await;
+    let e = p
+        .check_permission(pb::CheckPermissionRequest {
+            context: Some(nested_struct(12)),
+            ..check_req("acme", "docs", "user:a", "a", "r:x")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("context.x.x"), "{}", e.message());
+    // Over the message size limit.
+    let big = prost::Message::encode_to_vec(&pb::CheckPermissionRequest {
+        resource: "r:".to_string() + &"x".repeat(5 << 20),
+        ..check_req("acme", "docs", "user:a", "a", "r:x")
+    });
+    let e = raw_call(srv.addr, CHECK, big).await;
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    srv.shutdown().await;
+}

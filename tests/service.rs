@@ -541,16 +541,21 @@ async fn bad_input_gets_field_violations_and_the_right_codes() {
     assert!(fields.contains(&"upserts[0].subject".to_string()), "{fields:?}");
     assert!(fields.contains(&"upserts[0].role".to_string()), "{fields:?}");
 
-    // A token the index cannot reach in time is UNAVAILABLE, never a stale answer.
+    // A token ahead of anything the store committed was never issued: it
+    // fails at once, never with a stale answer.
     let mut r = check_req("acme", "docs", "user:a", "documents:read", "document:x");
     r.consistency = Some(pb::Consistency {
         requirement: Some(pb::consistency::Requirement::AtLeastAsFresh(
             "v1.00ffffffffffffff".into(),
         )),
     });
-    assert_eq!(
-        p.check_permission(r.clone()).await.unwrap_err().code(),
-        Code::Unavailable
+    let t0 = std::time::Instant::now();
+    let e = p.check_permission(r.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(e.get_details_error_info().unwrap().reason, "REVISION_AHEAD");
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "answered without waiting out the 5 s"
     );
     r.consistency = Some(pb::Consistency {
         requirement: Some(pb::consistency::Requirement::AtLeastAsFresh("garbage".into())),

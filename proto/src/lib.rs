@@ -9,6 +9,8 @@
     clippy::doc_overindented_list_items
 )]
 
+pub mod codec;
+
 pub mod v1 {
     tonic::include_proto!("portcullis.v1");
 }

@@ -96,6 +96,19 @@ impl AppState {
             None | Some(Requirement::MinimizeLatency(_)) => Ok(index.revision()),
             Some(Requirement::AtLeastAsFresh(t)) => {
                 let rev = parse_token("consistency.at_least_as_fresh", t)?;
+                if rev > index.revision() {
+                    // A token the store has not reached was never issued by
+                    // it: refuse at once instead of waiting it out.
+                    let repo = self.repo.clone();
+                    let current = self.blocking(move || repo.current_version()).await?;
+                    if rev > current {
+                        return Err(ServiceError::RevisionAhead {
+                            field: "consistency.at_least_as_fresh",
+                            token: t.clone(),
+                            current: crate::repo::token(current),
+                        });
+                    }
+                }
                 index.wait_for(rev, self.consistency_wait).await
             }
             Some(Requirement::FullyConsistent(_)) => {
