@@ -127,6 +127,21 @@ pub struct ServeArgs {
     /// Seconds between checks of the keys file and the TLS files for changes.
     #[arg(long, env = "PORTCULLIS_RELOAD_INTERVAL", default_value_t = 5)]
     pub reload_interval: u64,
+    /// Watch streams open at once on this server.
+    #[arg(long, env = "PORTCULLIS_MAX_WATCH_STREAMS", default_value_t = 1024)]
+    pub max_watch_streams: usize,
+    /// Watch streams open at once per API key.
+    #[arg(long, env = "PORTCULLIS_MAX_WATCH_STREAMS_PER_KEY", default_value_t = 128)]
+    pub max_watch_streams_per_key: usize,
+    /// Seconds a Watch stream waits for its client to read before it is ended (resumable).
+    #[arg(long, env = "PORTCULLIS_WATCH_SEND_TIMEOUT", default_value_t = 30)]
+    pub watch_send_timeout: u64,
+    /// Expensive requests (lookups, bulk checks, export, import, costly conditions) run at once; default half the cores.
+    #[arg(long, env = "PORTCULLIS_EXPENSIVE_CONCURRENCY")]
+    pub expensive_concurrency: Option<usize>,
+    /// Expensive requests waiting before more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PORTCULLIS_EXPENSIVE_QUEUE", default_value_t = 64)]
+    pub expensive_queue: usize,
     #[command(flatten)]
     pub jobs: crate::jobs::JobArgs,
 }
@@ -165,6 +180,15 @@ impl ServeArgs {
             jobs: self.jobs.options(),
             max_index_lag: Duration::from_secs(self.max_index_lag.max(1)),
             reload_interval: Duration::from_secs(self.reload_interval.max(1)),
+            watch: crate::api::watch::WatchLimits {
+                max_streams: self.max_watch_streams,
+                max_streams_per_key: self.max_watch_streams_per_key,
+                send_timeout: Duration::from_secs(self.watch_send_timeout.max(1)),
+            },
+            expensive_concurrency: self
+                .expensive_concurrency
+                .unwrap_or_else(|| (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) / 2).max(1)),
+            expensive_queue: self.expensive_queue,
         })
     }
 }

@@ -56,6 +56,11 @@ pub struct ServeOptions {
     pub max_index_lag: Duration,
     /// How often the keys file and the TLS files are checked for changes.
     pub reload_interval: Duration,
+    pub watch: crate::api::watch::WatchLimits,
+    /// Expensive requests (lookups, bulk checks, export, import, costly
+    /// conditions) running at once, and waiting, before load is shed.
+    pub expensive_concurrency: usize,
+    pub expensive_queue: usize,
 }
 
 impl ServeOptions {
@@ -74,6 +79,9 @@ impl ServeOptions {
             jobs: JobOptions::default(),
             max_index_lag: Duration::from_secs(30),
             reload_interval: Duration::from_secs(5),
+            watch: Default::default(),
+            expensive_concurrency: 1,
+            expensive_queue: 64,
         }
     }
 }
@@ -242,6 +250,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         opts.consistency_wait,
         leader.clone(),
         shutdown_rx.clone(),
+        crate::api::pool::Pools::new(opts.expensive_concurrency, opts.expensive_queue),
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -274,7 +283,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         keys.interceptor(Some(Scope::Admin)),
     );
     let watch_svc = InterceptedService::new(
-        WatchServiceServer::new(WatchApi { state: state.clone() }).max_encoding_message_size(max),
+        WatchServiceServer::new(WatchApi::new(state.clone(), opts.watch.clone())).max_encoding_message_size(max),
         keys.interceptor(Some(Scope::Watch)),
     );
     let diagnostics = InterceptedService::new(

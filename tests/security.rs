@@ -933,3 +933,123 @@ async fn malformed_and_oversized_messages_are_the_callers_error() {
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     srv.shutdown().await;
 }
+
+fn fat_bindings(prefix: &str, n: usize) -> Vec<pb::Binding> {
+    (0..n)
+        .map(|i| {
+            let mut b = binding(&format!("{prefix}-{i}"), "user:w", "reader");
+            b.labels.insert("padding".into(), "p".repeat(900));
+            b
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn watch_streams_are_bounded_in_number_size_and_patience() {
+    let srv = start(ServeOptions {
+        watch: portcullis::api::watch::WatchLimits {
+            max_streams: 100,
+            max_streams_per_key: 2,
+            send_timeout: Duration::from_millis(300),
+        },
+        ..ServeOptions::for_tests()
+    })
+    .await;
+    let mut a = admin(srv.addr, None).await;
+    let start_rev = seed(&mut a).await;
+    let mut w = portcullis_proto::v1::watch_service_client::WatchServiceClient::new(channel(srv.addr).await);
+    let req = |after: &str| pb::WatchRequest {
+        tenant: "acme".into(),
+        vault: "docs".into(),
+        after_revision: after.into(),
+    };
+    let s1 = w.watch(req(&start_rev)).await.unwrap().into_inner();
+    let s2 = w.watch(req(&start_rev)).await.unwrap().into_inner();
+    let e = w.watch(req(&start_rev)).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert_eq!(e.get_details_error_info().unwrap().reason, "WATCH_STREAMS_EXHAUSTED");
+    assert!(e.get_details_retry_info().is_some());
+    drop(s2);
+    let mut s3 = None;
+    for _ in 0..100 {
+        match w.watch(req(&start_rev)).await {
+            Ok(s) => {
+                s3 = Some(s.into_inner());
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let mut s3 = s3.expect("a closed stream frees its slot");
+
+    // One commit of ~1 MB arrives as several messages of one revision.
+    let w1 = a
+        .write_bindings(pb::WriteBindingsRequest {
+            tenant: "acme".into(),
+            vault: "docs".into(),
+            upserts: fat_bindings("big", 600),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut parts = Vec::new();
+    while let Some(m) = tokio_stream::StreamExt::next(&mut s3).await {
+        let m = m.unwrap();
+        let more = m.more;
+        assert_eq!(m.revision, w1.written_at);
+        assert!(
+            prost::Message::encoded_len(&m) < 300 * 1024,
+            "{}",
+            prost::Message::encoded_len(&m)
+        );
+        parts.push(m.changes.len());
+        if !more {
+            break;
+        }
+    }
+    assert!(parts.len() > 1, "{parts:?}");
+    assert_eq!(parts.iter().sum::<usize>(), 600);
+
+    // s1 has not read anything: after more writes it is ended, resumably.
+    let mut last = String::new();
+    for i in 0..8 {
+        last = a
+            .write_bindings(pb::WriteBindingsRequest {
+                tenant: "acme".into(),
+                vault: "docs".into(),
+                upserts: fat_bindings(&format!("more{i}"), 500),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .written_at;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut s1 = s1;
+    let mut resume = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline.into(), tokio_stream::StreamExt::next(&mut s1)).await {
+        match m {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.code(), Code::Aborted, "{e:?}");
+                let info = e.get_details_error_info().unwrap();
+                assert_eq!(info.reason, "WATCH_FELL_BEHIND");
+                resume = info.metadata.get("resume_after").cloned();
+                break;
+            }
+        }
+    }
+    let resume = resume.expect("the slow stream was ended with where to resume");
+    // Resuming from there reaches the last write.
+    let mut s4 = w.watch(req(&resume)).await.unwrap().into_inner();
+    loop {
+        let m = tokio_stream::StreamExt::next(&mut s4).await.unwrap().unwrap();
+        if m.revision == last && !m.more {
+            break;
+        }
+    }
+    srv.shutdown().await;
+}

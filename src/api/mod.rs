@@ -56,6 +56,7 @@ impl AppState {
         consistency_wait: Duration,
         leader: Arc<LeaderStatus>,
         shutdown: tokio::sync::watch::Receiver<bool>,
+        pools: pool::Pools,
     ) -> AppState {
         AppState {
             index: OnceLock::new(),
@@ -64,7 +65,7 @@ impl AppState {
             consistency_wait,
             leader,
             shutdown,
-            pools: pool::Pools::default(),
+            pools,
         }
     }
 
