@@ -1053,3 +1053,210 @@ async fn watch_streams_are_bounded_in_number_size_and_patience() {
     }
     srv.shutdown().await;
 }
+
+#[tokio::test]
+async fn rate_limits_per_tenant_subtree_and_per_key() {
+    let keys = Keys::parse(&format!(
+        "keys:\n  - name: root\n    sha256: {}\n    scopes: [admin, check]\n  - name: slow\n    sha256: {}\n    scopes: [check]\n    rate_limit: 5\n",
+        Keys::hash(ROOT),
+        Keys::hash("slow-secret")
+    ))
+    .unwrap();
+    let srv = start(ServeOptions {
+        keys,
+        ..ServeOptions::for_tests()
+    })
+    .await;
+    let mut a = admin(srv.addr, Some(ROOT)).await;
+    for (t, checks) in [("noisy", 20), ("noisy/child", 0), ("quiet", 0)] {
+        let w = a
+            .apply_tenant(apply_tenant(pb::Tenant {
+                limits: Some(pb::Limits {
+                    max_checks_per_second: checks,
+                    ..Default::default()
+                }),
+                ..tenant(t)
+            }))
+            .await
+            .unwrap();
+        let _ = w;
+        a.apply_vault(pb::ApplyVaultRequest {
+            vault: Some(vault(t, "v")),
+            expected_revision: String::new(),
+        })
+        .await
+        .unwrap();
+    }
+    let mut p = perm(srv.addr, Some(ROOT)).await;
+    let fresh = |t: &str| {
+        let mut r = check_req(t, "v", "user:u", "a", "r:x");
+        r.consistency = Some(pb::Consistency {
+            requirement: Some(pb::consistency::Requirement::FullyConsistent(true)),
+        });
+        r
+    };
+    p.check_permission(fresh("quiet")).await.unwrap();
+    // The child shares its parent's bucket: 100 checks of the subtree in a
+    // burst get about 20 through; the sibling is untouched.
+    let (mut ok, mut refused) = (0, 0);
+    for i in 0..100 {
+        let t = if i % 2 == 0 { "noisy" } else { "noisy/child" };
+        match p.check_permission(check_req(t, "v", "user:u", "a", "r:x")).await {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                let info = e.get_details_error_info().unwrap();
+                assert_eq!(info.reason, "RATE_LIMITED");
+                assert_eq!(info.metadata["limit"], "limits.max_checks_per_second");
+                assert_eq!(info.metadata["subject"], "tenant noisy");
+                assert!(e.get_details_retry_info().is_some());
+                refused += 1;
+            }
+        }
+        // The sibling is never slowed or refused.
+        p.check_permission(check_req("quiet", "v", "user:u", "a", "r:x"))
+            .await
+            .expect("a sibling of a noisy tenant is served");
+    }
+    assert!(refused > 50 && ok >= 19, "ok {ok}, refused {refused}");
+
+    // A key's own rate limit, over every RPC it makes.
+    let mut slow = perm(srv.addr, Some("slow-secret")).await;
+    let mut limited = 0;
+    for _ in 0..20 {
+        if let Err(e) = slow
+            .check_permission(check_req("quiet", "v", "user:u", "a", "r:x"))
+            .await
+        {
+            assert_eq!(e.code(), Code::ResourceExhausted);
+            assert_eq!(e.get_details_error_info().unwrap().metadata["limit"], "rate_limit");
+            limited += 1;
+        }
+    }
+    assert!(limited >= 10, "{limited} of 20 refused");
+    srv.shutdown().await;
+}
+
+/// A memory store whose feed reads fail while `broken` is set: an index
+/// that cannot follow the store.
+struct StuckFeed {
+    inner: portcullis::store::memory::MemoryStore,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct StuckTx<'a> {
+    inner: Box<dyn portcullis::store::Transaction + 'a>,
+    broken: bool,
+}
+
+impl portcullis::store::Transaction for StuckTx<'_> {
+    fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, portcullis::store::StoreError> {
+        self.inner.get(key)
+    }
+    fn range(
+        &mut self,
+        begin: &[u8],
+        end: &[u8],
+        opts: portcullis::store::RangeOpts,
+    ) -> Result<Vec<portcullis::store::KeyValue>, portcullis::store::StoreError> {
+        if self.broken && begin.starts_with(&ks::feed()) {
+            return Err(portcullis::store::StoreError::Unavailable(
+                "feed unreadable (test)".into(),
+            ));
+        }
+        self.inner.range(begin, end, opts)
+    }
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        self.inner.set(key, value)
+    }
+    fn clear(&mut self, key: &[u8]) {
+        self.inner.clear(key)
+    }
+    fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), portcullis::store::StoreError> {
+        self.inner.clear_range(begin, end)
+    }
+    fn atomic_add(&mut self, key: &[u8], delta: i64) {
+        self.inner.atomic_add(key, delta)
+    }
+    fn set_versionstamped_key(&mut self, key: Vec<u8>, offset: usize, value: &[u8]) {
+        self.inner.set_versionstamped_key(key, offset, value)
+    }
+    fn set_versionstamped_value(&mut self, key: &[u8], value: Vec<u8>, offset: usize) {
+        self.inner.set_versionstamped_value(key, value, offset)
+    }
+    fn read_version(&mut self) -> Result<u64, portcullis::store::StoreError> {
+        self.inner.read_version()
+    }
+    fn commit(self: Box<Self>) -> Result<u64, portcullis::store::StoreError> {
+        self.inner.commit()
+    }
+}
+
+impl Store for StuckFeed {
+    fn begin(&self) -> Result<Box<dyn portcullis::store::Transaction + '_>, portcullis::store::StoreError> {
+        Ok(Box::new(StuckTx {
+            inner: self.inner.begin()?,
+            broken: self.broken.load(std::sync::atomic::Ordering::SeqCst),
+        }))
+    }
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.subscribe()
+    }
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[tokio::test]
+async fn health_is_not_serving_while_the_index_is_stuck_behind_the_store() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store: Arc<dyn Store> = Arc::new(StuckFeed {
+        inner: portcullis::store::memory::MemoryStore::new(),
+        broken: broken.clone(),
+    });
+    let srv = start(ServeOptions {
+        backend: Backend::Shared(store.clone()),
+        max_index_lag: Duration::from_millis(500),
+        ..ServeOptions::for_tests()
+    })
+    .await;
+    let mut h = tonic_health::pb::health_client::HealthClient::new(channel(srv.addr).await);
+    let status = |h: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>| {
+        let mut h = h.clone();
+        async move {
+            h.check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+        }
+    };
+    let wait_for = |want: ServingStatus| {
+        let mut h = h.clone();
+        async move {
+            let t0 = Instant::now();
+            while status(&mut h).await != want as i32 {
+                assert!(t0.elapsed() < Duration::from_secs(10), "health never became {want:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(status(&mut h.clone()).await, ServingStatus::Serving as i32);
+    broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    let repo = portcullis::repo::Repo::new(store.clone());
+    tokio::task::spawn_blocking(move || {
+        repo.apply_tenant(
+            portcullis::engine::model::Tenant::new(portcullis::engine::TenantId::parse("late").unwrap()),
+            None,
+            None,
+        )
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    wait_for(ServingStatus::NotServing).await;
+    broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_for(ServingStatus::Serving).await;
+    srv.shutdown().await;
+}

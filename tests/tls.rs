@@ -87,3 +87,86 @@ async fn tls_and_mutual_tls() {
     assert!(info(plain).await.is_err());
     srv.shutdown().await;
 }
+
+/// Kubernetes rotates a mounted Secret in place: the server picks up the
+/// new certificate for new connections without a restart, keeps serving
+/// the ones it has, and keeps the old certificate when the new files are
+/// bad.
+#[tokio::test]
+async fn certificates_are_reloaded_when_their_files_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (pki(), pki());
+    let cert = dir.path().join("server.pem");
+    let key = dir.path().join("server.key");
+    std::fs::write(&cert, &one.server.0).unwrap();
+    std::fs::write(&key, &one.server.1).unwrap();
+    let mut opts = ServeOptions::for_tests();
+    opts.reload_interval = std::time::Duration::from_millis(50);
+    opts.tls = Some(TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: None,
+    });
+    let srv = start(opts).await;
+    let url = format!("https://localhost:{}", srv.addr.port());
+    let trusting = |ca: &str| {
+        Endpoint::from_shared(url.clone())
+            .unwrap()
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(ca))
+                    .domain_name("localhost"),
+            )
+            .unwrap()
+    };
+    let kept = trusting(&one.ca).connect().await.unwrap();
+    let mut kept = DiagnosticsServiceClient::new(kept);
+    assert!(info(trusting(&two.ca)).await.is_err());
+
+    std::fs::write(&cert, &two.server.0).unwrap();
+    std::fs::write(&key, &two.server.1).unwrap();
+    let t0 = std::time::Instant::now();
+    while info(trusting(&two.ca)).await.is_err() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        info(trusting(&one.ca)).await.is_err(),
+        "new connections get the new certificate"
+    );
+    kept.get_server_info(pb::GetServerInfoRequest {})
+        .await
+        .expect("an established connection stays up");
+
+    // A bad key: the previous certificate stays in use.
+    std::fs::write(&key, "not a key").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(info(trusting(&two.ca)).await.is_ok());
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_tls_files_are_named_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki();
+    let cert = dir.path().join("server.pem");
+    let key = dir.path().join("server.key");
+    std::fs::write(&cert, &p.server.0).unwrap();
+    std::fs::write(&key, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    let mut opts = ServeOptions::for_tests();
+    opts.tls = Some(TlsFiles {
+        cert,
+        key: key.clone(),
+        client_ca: None,
+    });
+    let e = portcullis::server::start(opts)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("--tls-key") && e.contains(&key.display().to_string()), "{e}");
+    assert!(e.contains("PRIVATE KEY"), "{e}");
+}
