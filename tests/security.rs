@@ -1221,7 +1221,7 @@ async fn health_is_not_serving_while_the_index_is_stuck_behind_the_store() {
         ..ServeOptions::for_tests()
     })
     .await;
-    let mut h = tonic_health::pb::health_client::HealthClient::new(channel(srv.addr).await);
+    let h = tonic_health::pb::health_client::HealthClient::new(channel(srv.addr).await);
     let status = |h: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>| {
         let mut h = h.clone();
         async move {
