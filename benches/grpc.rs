@@ -5,6 +5,12 @@
 //! share the machine's cores.
 //!
 //! `cargo bench --bench grpc` (`-- --seconds N` per measurement, default 5).
+//!
+//! Then the isolation of expensive reads: CheckPermission (and Echo, the
+//! baseline) at concurrency 16 while 200 concurrent clients flood
+//! LookupSubjects on the same vault, which run on the bounded pool and are
+//! shed with RESOURCE_EXHAUSTED beyond its queue. `-- --flood-only` runs
+//! just that part.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -185,7 +191,8 @@ fn main() {
             "{:<14} {:>12} {:>11} {:>11}   {:>12} {:>11} {:>11}   {:>6}",
             "concurrency", "check/s", "check p50", "check p99", "echo/s", "echo p50", "echo p99", "ratio"
         );
-        for c in [1usize, 16, 64] {
+        let flood_only = args.iter().any(|a| a == "--flood-only");
+        for c in [1usize, 16, 64].into_iter().filter(|_| !flood_only) {
             let (chs, qs) = (channels.clone(), queries.clone());
             let check = measure(c, seconds, move |i| {
                 let mut client = PermissionServiceClient::new(chs[i % chs.len()].clone());
@@ -216,6 +223,76 @@ fn main() {
                 check.rps * 100.0 / echo.rps
             );
         }
+        // A flood of LookupSubjects (each scans the vault) beside the checks.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (done, shed) = (
+            Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        );
+        let mut flood = Vec::new();
+        for i in 0..200 {
+            let (ch, stop, done, shed) = (channels[i % channels.len()].clone(), stop.clone(), done.clone(), shed.clone());
+            let req = pb::LookupSubjectsRequest {
+                tenant: ds.tenant.to_string(),
+                vault: ds.vault.to_string(),
+                action: queries[i].action.clone(),
+                resource: queries[i].resource.clone(),
+                page_size: 1000,
+                ..Default::default()
+            };
+            flood.push(tokio::spawn(async move {
+                let mut client = PermissionServiceClient::new(ch);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match client.lookup_subjects(req.clone()).await {
+                        Ok(_) => done.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                            shed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            0
+                        }
+                        Err(e) => panic!("lookup: {e}"),
+                    };
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (chs, qs) = (channels.clone(), queries.clone());
+        let check = measure(16, seconds, move |i| {
+            let mut client = PermissionServiceClient::new(chs[i % chs.len()].clone());
+            let req = qs[i % qs.len()].clone();
+            async move {
+                client.check_permission(req).await.expect("check");
+            }
+        })
+        .await;
+        let (chs, p) = (channels.clone(), payload.clone());
+        let echo = measure(16, seconds, move |i| {
+            let mut client = DiagnosticsServiceClient::new(chs[i % chs.len()].clone());
+            let req = pb::EchoRequest { payload: p.clone() };
+            async move {
+                client.echo(req).await.expect("echo");
+            }
+        })
+        .await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for f in flood {
+            let _ = f.await;
+        }
+        println!(
+            "\nduring a flood of 200 concurrent LookupSubjects ({} answered, {} shed with RESOURCE_EXHAUSTED), concurrency 16:",
+            done.load(std::sync::atomic::Ordering::Relaxed),
+            shed.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        println!(
+            "check/s {:.0}, check p50 {}, check p99 {}   echo/s {:.0}, echo p50 {}, echo p99 {}   ratio {:.0}%",
+            check.rps,
+            ms(check.p50),
+            ms(check.p99),
+            echo.rps,
+            ms(echo.p50),
+            ms(echo.p99),
+            check.rps * 100.0 / echo.rps
+        );
         srv.shutdown().await;
     });
 }

@@ -321,6 +321,17 @@ fn read_input(p: &PathBuf) -> Result<String> {
     }
 }
 
+/// The runtime the binary runs on. Its threads get 8 MiB stacks (virtual
+/// memory, committed only as used) rather than 2 MiB: evaluating a
+/// condition recurses as deep as the condition nests (at most 100 levels),
+/// and a stack overflow aborts the process.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(8 << 20)
+        .build()
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
