@@ -167,6 +167,21 @@ fn message_too_large_is_resource_exhausted<B>(mut resp: http::Response<B>) -> ht
     resp
 }
 
+/// Logs and counts the outcome of one reload check.
+fn reloaded<E: std::fmt::Display>(what: &str, files: &str, r: Result<bool, E>) {
+    match r {
+        Ok(true) => {
+            tracing::info!("{files} changed; the new configuration is in force (TLS: for new connections)");
+            telemetry::CONFIG_RELOADS.with_label_values(&[what, "ok"]).inc();
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "{files} changed but cannot be used; the previous configuration stays in force");
+            telemetry::CONFIG_RELOADS.with_label_values(&[what, "error"]).inc();
+        }
+    }
+}
+
 /// Re-reads the keys file and the TLS files every `every`, until shutdown.
 fn spawn_reloader(
     keys: crate::api::auth::Keys,
@@ -185,29 +200,9 @@ fn spawn_reloader(
             }
             let (k, t) = (keys.clone(), tls.clone());
             let _ = tokio::task::spawn_blocking(move || {
-                match k.reload() {
-                    Ok(true) => {
-                        tracing::info!("API keys file changed; the new keys are in force");
-                        telemetry::CONFIG_RELOADS.with_label_values(&["keys", "ok"]).inc();
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, "the API keys file changed but cannot be used; the previous keys stay in force");
-                        telemetry::CONFIG_RELOADS.with_label_values(&["keys", "error"]).inc();
-                    }
-                }
+                reloaded("keys", "API keys file", k.reload());
                 if let Some(t) = t {
-                    match t.reload() {
-                        Ok(true) => {
-                            tracing::info!("TLS files changed; new connections use the new certificate");
-                            telemetry::CONFIG_RELOADS.with_label_values(&["tls", "ok"]).inc();
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::error!(error = %e, "the TLS files changed but cannot be used; the previous certificate stays in use");
-                            telemetry::CONFIG_RELOADS.with_label_values(&["tls", "error"]).inc();
-                        }
-                    }
+                    reloaded("tls", "TLS files", t.reload());
                 }
             })
             .await;
