@@ -65,6 +65,20 @@ pub enum ServiceError {
         vault: String,
         detail: String,
     },
+    /// A write needs a tenant that does not exist (its parent, or the tenant
+    /// of a vault, role, binding or membership).
+    #[error("tenant {tenant} does not exist; create it before its {needed_by}")]
+    TenantMissing { tenant: String, needed_by: String },
+    /// A write needs a vault that does not exist.
+    #[error("vault {vault} does not exist in tenant {tenant}; create it before its {needed_by}")]
+    VaultMissing {
+        tenant: String,
+        vault: String,
+        needed_by: String,
+    },
+    /// A job write of a leader that has been deposed.
+    #[error("fenced: this replica led at epoch {epoch} but the lease is at epoch {current}; its write is rejected")]
+    Fenced { epoch: u64, current: u64 },
     /// A consistency token newer than anything the store has committed.
     #[error("{field} {token} is ahead of the store (at {current}): it was not issued by this store")]
     RevisionAhead {
@@ -85,8 +99,11 @@ impl ServiceError {
             ServiceError::Invalid(_) => Code::InvalidArgument,
             ServiceError::NotFound(_) => Code::NotFound,
             ServiceError::AlreadyExists(_) => Code::AlreadyExists,
-            ServiceError::FailedPrecondition(_) | ServiceError::RevisionAhead { .. } => Code::FailedPrecondition,
-            ServiceError::Aborted(_) => Code::Aborted,
+            ServiceError::FailedPrecondition(_)
+            | ServiceError::RevisionAhead { .. }
+            | ServiceError::TenantMissing { .. }
+            | ServiceError::VaultMissing { .. } => Code::FailedPrecondition,
+            ServiceError::Aborted(_) | ServiceError::Fenced { .. } => Code::Aborted,
             ServiceError::ResourceExhausted(_) | ServiceError::RateLimited { .. } | ServiceError::Overloaded { .. } => {
                 Code::ResourceExhausted
             }
@@ -134,6 +151,9 @@ impl ServiceError {
             ServiceError::Overloaded { .. } => "OVERLOADED",
             ServiceError::Quarantined { .. } => "VAULT_QUARANTINED",
             ServiceError::RevisionAhead { .. } => "REVISION_AHEAD",
+            ServiceError::TenantMissing { .. } => "TENANT_NOT_FOUND",
+            ServiceError::Fenced { .. } => "FENCED",
+            ServiceError::VaultMissing { .. } => "VAULT_NOT_FOUND",
         }
     }
 
@@ -164,6 +184,10 @@ impl ServiceError {
             ],
             ServiceError::Overloaded { what, .. } => vec![("pool", what.to_string())],
             ServiceError::Quarantined { tenant, vault, .. } => {
+                vec![("tenant", tenant.clone()), ("vault", vault.clone())]
+            }
+            ServiceError::TenantMissing { tenant, .. } => vec![("tenant", tenant.clone())],
+            ServiceError::VaultMissing { tenant, vault, .. } => {
                 vec![("tenant", tenant.clone()), ("vault", vault.clone())]
             }
             ServiceError::RevisionAhead { field, token, current } => vec![

@@ -193,9 +193,7 @@ pub fn current(store: &dyn Store, name: &str) -> std::result::Result<Option<Leas
 pub fn fence(tx: &mut dyn Transaction, name: &str, epoch: u64) -> Result<()> {
     let now = read_u64(tx, &ks::epoch(name))?;
     if now != epoch {
-        return Err(ServiceError::Aborted(format!(
-            "fenced: this replica led at epoch {epoch} but the lease is at epoch {now}; its write is rejected"
-        )));
+        return Err(ServiceError::Fenced { epoch, current: now });
     }
     Ok(())
 }
@@ -693,7 +691,7 @@ async fn run_jobs(
                     telemetry::JOB_RUNS.with_label_values(&[job.name(), "ok"]).inc();
                 }
                 Err(e) => {
-                    let fenced = matches!(&e, ServiceError::Aborted(m) if m.starts_with("fenced"));
+                    let fenced = matches!(&e, ServiceError::Fenced { .. });
                     tracing::warn!(job = job.name(), error = %e, "job failed");
                     telemetry::JOB_RUNS
                         .with_label_values(&[job.name(), if fenced { "fenced" } else { "error" }])
@@ -854,10 +852,7 @@ mod tests {
             tx.set(b"late", b"write");
             Ok::<_, ServiceError>(())
         });
-        assert!(
-            matches!(r, Err(ServiceError::Aborted(ref m)) if m.starts_with("fenced")),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(ServiceError::Fenced { epoch: 1, current: 2 })), "{r:?}");
         assert_eq!(s.begin().unwrap().get(b"late").unwrap(), None);
         assert_eq!(acquire(&s, LEASE, "a", ttl, 13_000).unwrap(), None);
         release(&s, LEASE, "b").unwrap();

@@ -447,8 +447,9 @@ fn expect_revision(what: &str, expected: Option<u64>, current: Option<u64>) -> R
 fn tenant_required(tx: &mut dyn Transaction, t: &TenantId, role: &str) -> Result<Tenant> {
     read::<Tenant>(tx, &ks::tenant(t.as_str()))?
         .map(|(t, _)| t)
-        .ok_or_else(|| {
-            ServiceError::FailedPrecondition(format!("tenant {t} does not exist; create it before its {role}"))
+        .ok_or_else(|| ServiceError::TenantMissing {
+            tenant: t.to_string(),
+            needed_by: role.to_string(),
         })
 }
 
@@ -457,9 +458,11 @@ fn scope_required(tx: &mut dyn Transaction, t: &TenantId, v: Option<&VaultName>,
     if let Some(v) = v
         && tx.get(&ks::vault(t.as_str(), v.as_str()))?.is_none()
     {
-        return Err(ServiceError::FailedPrecondition(format!(
-            "vault {v} does not exist in tenant {t}; create it before its {what}"
-        )));
+        return Err(ServiceError::VaultMissing {
+            tenant: t.to_string(),
+            vault: v.to_string(),
+            needed_by: what.to_string(),
+        });
     }
     Ok(tenant)
 }
@@ -582,10 +585,10 @@ impl Repo {
             if let Some(p) = t.id.parent()
                 && tx.get(&ks::tenant(p.as_str()))?.is_none()
             {
-                return Err(ServiceError::FailedPrecondition(format!(
-                    "parent tenant {p} does not exist; create it before {}",
-                    t.id
-                )));
+                return Err(ServiceError::TenantMissing {
+                    tenant: p.to_string(),
+                    needed_by: format!("child {}", t.id),
+                });
             }
             if !existing.exists()
                 && let Some(p) = t.id.parent()

@@ -144,15 +144,22 @@ impl Outcome {
             Code::InvalidArgument => Outcome::not_ready("InvalidSpec", msg, Retry::OnChange),
             Code::ResourceExhausted => Outcome::not_ready("LimitExceeded", msg, Retry::Backoff),
             Code::Unauthenticated | Code::PermissionDenied => Outcome::not_ready("Unauthorized", msg, Retry::Backoff),
-            Code::FailedPrecondition if s.message().contains("tenant") => {
-                Outcome::not_ready("TenantNotFound", msg, Retry::Backoff)
-            }
-            Code::FailedPrecondition if s.message().contains("vault") => {
-                Outcome::not_ready("VaultNotFound", msg, Retry::Backoff)
-            }
+            // Branch on the service's ErrorInfo reason, never its message: a
+            // missing vault's message names its tenant too.
+            Code::FailedPrecondition => match reason(s).as_deref() {
+                Some("TENANT_NOT_FOUND") => Outcome::not_ready("TenantNotFound", msg, Retry::Backoff),
+                Some("VAULT_NOT_FOUND") => Outcome::not_ready("VaultNotFound", msg, Retry::Backoff),
+                _ => Outcome::not_ready("ServiceUnavailable", msg, Retry::Backoff),
+            },
             _ => Outcome::not_ready("ServiceUnavailable", msg, Retry::Backoff),
         }
     }
+}
+
+/// The `google.rpc.ErrorInfo` reason of a service error, if it sent one.
+fn reason(s: &tonic::Status) -> Option<String> {
+    use tonic_types::StatusExt;
+    s.get_details_error_info().map(|i| i.reason)
 }
 
 /// A resource kind the reconcilers handle.
@@ -1043,10 +1050,49 @@ async fn delete_if_owned<K: Kind, F: std::future::Future<Output = Result<(), ton
 /// Errors (the Kubernetes API failing, a deletion waiting) are retried with
 /// the same per-object backoff.
 pub fn error_policy<K: Resource<DynamicType = ()> + ResourceExt>(obj: Arc<K>, error: &Error, ctx: Arc<Ctx>) -> Action {
-    let k = format!("err/{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    // Keyed by kind too: a Vault and a Role of one name in one namespace
+    // must not share a retry counter.
+    let k = format!(
+        "err/{}/{}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    );
     match error {
         Error::Waiting(m) => tracing::info!(object = %obj.name_any(), "{m}"),
         e => tracing::warn!(object = %obj.name_any(), error = %e, "reconcile failed"),
     }
     Action::requeue(ctx.backoff(&k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    fn refused(reason: &str, message: &str) -> tonic::Status {
+        tonic::Status::with_error_details(
+            Code::FailedPrecondition,
+            message,
+            ErrorDetails::with_error_info(
+                reason,
+                "portcullis.dev",
+                std::collections::HashMap::<String, String>::new(),
+            ),
+        )
+    }
+
+    #[test]
+    fn a_missing_vault_is_vault_not_found_though_its_message_names_the_tenant() {
+        let s = refused(
+            "VAULT_NOT_FOUND",
+            "vault docs does not exist in tenant acme; create it before its roles",
+        );
+        assert_eq!(Outcome::from_status(&s, "Role r").reason, "VaultNotFound");
+        let s = refused(
+            "TENANT_NOT_FOUND",
+            "tenant acme does not exist; create it before its vaults",
+        );
+        assert_eq!(Outcome::from_status(&s, "Vault v").reason, "TenantNotFound");
+    }
 }
