@@ -1260,3 +1260,33 @@ async fn health_is_not_serving_while_the_index_is_stuck_behind_the_store() {
     wait_for(ServingStatus::Serving).await;
     srv.shutdown().await;
 }
+
+/// ApplyRole with 100,000 invalid `inherits` names used to answer ~10 MB of
+/// message and 24 MB of details, which a default client cannot even read.
+#[tokio::test]
+async fn errors_stay_small_whatever_the_request() {
+    let srv = start(ServeOptions::for_tests()).await;
+    let mut a = admin(srv.addr, None).await;
+    seed(&mut a).await;
+    let mut r = role("acme", "", "big", vec![allow(&["a"], &["*"])]);
+    r.inherits = (0..100_000).map(|i| format!("Not A Name {i}")).collect();
+    let e = a
+        .apply_role(pb::ApplyRoleRequest {
+            role: Some(r),
+            expected_revision: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().len() <= 4096, "{}", e.message().len());
+    assert!(e.details().len() <= 16 * 1024, "{}", e.details().len());
+    assert!(
+        e.message().ends_with(" more"),
+        "{}",
+        &e.message()[e.message().len() - 60..]
+    );
+    let v = e.get_details_bad_request().unwrap().field_violations;
+    assert!(!v.is_empty() && v.len() <= 32);
+    assert_eq!(v[0].field, "role.inherits[0]");
+    srv.shutdown().await;
+}
