@@ -1,16 +1,5 @@
-//! Leader election among replicas, on the store, and the background jobs
-//! the leader runs.
-//!
-//! # The lease
-//! `(sys, "lease", "jobs")` holds `{holder, epoch, expires_at_ms}`. A replica
-//! takes it in a transaction when it is absent, expired or its own, renews
-//! it every third of the TTL, and bumps the epoch whenever the holder
-//! changes. The epoch is also written to `(sys, "epoch", "jobs")`: every job
-//! transaction reads it and aborts when it is not the epoch the job was
-//! started under (fencing), so a deposed leader's late writes are rejected
-//! even if its clock or scheduler stalled. A leader that cannot renew stops
-//! its jobs once two thirds of the TTL have passed since its last renewal,
-//! before the lease can expire and another replica take it.
+//! The background jobs the leader runs, and the loop that campaigns for the
+//! lease ([`crate::lease`]) and runs them while it holds it.
 //!
 //! # The jobs (leader only)
 //! 1. `purge`: delete expired bindings (checks already ignore them) and
@@ -30,16 +19,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::api::LeaderStatus;
 use crate::engine::ids::{TenantId, VaultName};
 use crate::engine::model::{Binding, Change, Membership, Role, Scope, Vault};
 use crate::error::{Result, ServiceError};
 use crate::index::LiveIndex;
+pub use crate::lease::{LEASE, fence};
+use crate::lease::{LeaderStatus, acquire, release};
 use crate::repo::{self, Repo, append_changelog, decode, range_prefix, read};
-use crate::store::{self, RangeOpts, Store, StoreError, Transaction, keyspace as ks, tuple};
+use crate::store::{self, RangeOpts, keyspace as ks, tuple};
 use crate::telemetry;
-
-pub const LEASE: &str = "jobs";
 
 #[derive(Debug, Clone)]
 pub struct JobOptions {
@@ -117,85 +105,6 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-// ---- the lease ---------------------------------------------------------
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseRecord {
-    pub holder: String,
-    pub epoch: u64,
-    pub expires_at_ms: u64,
-}
-
-fn read_u64(tx: &mut dyn Transaction, key: &[u8]) -> std::result::Result<u64, StoreError> {
-    Ok(tx
-        .get(key)?
-        .and_then(|v| v.try_into().ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0))
-}
-
-/// Takes or renews the lease `name` for `holder`. Returns the epoch when
-/// `holder` holds it afterwards.
-pub fn acquire(
-    store: &dyn Store,
-    name: &str,
-    holder: &str,
-    ttl: Duration,
-    now_ms: u64,
-) -> std::result::Result<Option<u64>, StoreError> {
-    let (epoch, _) = store::run(store, |tx| {
-        let key = ks::lease(name);
-        let current: Option<LeaseRecord> = tx.get(&key)?.and_then(|v| serde_json::from_slice(&v).ok());
-        let epoch = match &current {
-            Some(l) if l.holder == holder && l.expires_at_ms > now_ms => l.epoch,
-            Some(l) if l.expires_at_ms > now_ms => return Ok(None),
-            // Free, expired, or ours but expired: a new term.
-            _ => read_u64(tx, &ks::epoch(name))?.max(current.as_ref().map_or(0, |l| l.epoch)) + 1,
-        };
-        let rec = LeaseRecord {
-            holder: holder.to_string(),
-            epoch,
-            expires_at_ms: now_ms + ttl.as_millis() as u64,
-        };
-        tx.set(
-            &key,
-            &serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        );
-        tx.set(&ks::epoch(name), &epoch.to_be_bytes());
-        Ok(Some(epoch))
-    })?;
-    Ok(epoch)
-}
-
-/// Gives the lease up (on shutdown), so another replica need not wait for
-/// it to expire.
-pub fn release(store: &dyn Store, name: &str, holder: &str) -> std::result::Result<(), StoreError> {
-    store::run(store, |tx| {
-        let key = ks::lease(name);
-        let current: Option<LeaseRecord> = tx.get(&key)?.and_then(|v| serde_json::from_slice(&v).ok());
-        if current.is_some_and(|l| l.holder == holder) {
-            tx.clear(&key);
-        }
-        Ok::<_, StoreError>(())
-    })?;
-    Ok(())
-}
-
-/// Reads the lease as it is.
-pub fn current(store: &dyn Store, name: &str) -> std::result::Result<Option<LeaseRecord>, StoreError> {
-    let mut tx = store.begin()?;
-    Ok(tx.get(&ks::lease(name))?.and_then(|v| serde_json::from_slice(&v).ok()))
-}
-
-/// Aborts the transaction unless `epoch` is still the lease's epoch.
-pub fn fence(tx: &mut dyn Transaction, name: &str, epoch: u64) -> Result<()> {
-    let now = read_u64(tx, &ks::epoch(name))?;
-    if now != epoch {
-        return Err(ServiceError::Fenced { epoch, current: now });
-    }
-    Ok(())
 }
 
 // ---- the jobs ------------------------------------------------------------
@@ -604,6 +513,9 @@ async fn verify(repo: &Arc<Repo>, index: &Arc<LiveIndex>, sample: usize) -> Resu
     Ok(divergent)
 }
 
+/// The job runs a replica made as leader, newest last (at most 10,000).
+pub type JobLog = Arc<Mutex<Vec<JobRun>>>;
+
 /// One record of a job run, kept for diagnostics and tests.
 #[derive(Debug, Clone)]
 pub struct JobRun {
@@ -735,6 +647,7 @@ pub fn spawn(
     repo: Arc<Repo>,
     index: Arc<LiveIndex>,
     status: Arc<LeaderStatus>,
+    log: JobLog,
     opts: JobOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -773,7 +686,7 @@ pub fn spawn(
                             opts.clone(),
                             holder.clone(),
                             epoch,
-                            status.history.clone(),
+                            log.clone(),
                             stop_rx,
                         ));
                         term = Some(Term { epoch, stop, task });
@@ -823,43 +736,4 @@ pub fn spawn(
         status.is_leader.store(false, Ordering::SeqCst);
         telemetry::LEADER.set(0);
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::memory::MemoryStore;
-
-    #[test]
-    fn lease_terms_and_fencing() {
-        let s = MemoryStore::new();
-        let ttl = Duration::from_secs(10);
-        assert_eq!(acquire(&s, LEASE, "a", ttl, 1_000).unwrap(), Some(1));
-        assert_eq!(
-            acquire(&s, LEASE, "a", ttl, 2_000).unwrap(),
-            Some(1),
-            "renewal keeps the term"
-        );
-        assert_eq!(acquire(&s, LEASE, "b", ttl, 5_000).unwrap(), None, "held by a");
-        assert_eq!(
-            acquire(&s, LEASE, "b", ttl, 12_001).unwrap(),
-            Some(2),
-            "expired: b takes over, new epoch"
-        );
-        // a's late write is fenced.
-        let r = store::run(&s, |tx| {
-            fence(tx, LEASE, 1)?;
-            tx.set(b"late", b"write");
-            Ok::<_, ServiceError>(())
-        });
-        assert!(matches!(r, Err(ServiceError::Fenced { epoch: 1, current: 2 })), "{r:?}");
-        assert_eq!(s.begin().unwrap().get(b"late").unwrap(), None);
-        assert_eq!(acquire(&s, LEASE, "a", ttl, 13_000).unwrap(), None);
-        release(&s, LEASE, "b").unwrap();
-        assert_eq!(
-            acquire(&s, LEASE, "a", ttl, 13_001).unwrap(),
-            Some(3),
-            "released: immediate takeover"
-        );
-    }
 }

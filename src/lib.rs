@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod index;
 pub mod jobs;
+pub mod lease;
 pub mod manifest;
 pub mod repo;
 pub mod server;

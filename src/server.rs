@@ -366,7 +366,14 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
             }
             tracing::info!("serving");
             let lag = spawn_lag_monitor(index.clone(), health, max_index_lag, shutdown_rx.clone());
-            let jobs = jobs::spawn(repo, index, state.leader.clone(), jobs_opts, shutdown_rx);
+            let jobs = jobs::spawn(
+                repo,
+                index,
+                state.leader.clone(),
+                state.job_log.clone(),
+                jobs_opts,
+                shutdown_rx,
+            );
             let _ = tailer.await;
             let _ = jobs.await;
             let _ = lag.await;

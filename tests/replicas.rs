@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use portcullis::jobs::{self, Job, JobOptions};
+use portcullis::jobs::{Job, JobOptions};
 use portcullis::server::{Running, ServeOptions};
 use portcullis::store::{Backend, Store, memory::MemoryStore};
 use portcullis_proto::v1 as pb;
@@ -134,7 +134,7 @@ async fn each_job_runs_once_per_interval_across_replicas_and_deposed_leaders_are
     let elapsed = began.elapsed();
     let mut runs: Vec<(std::time::SystemTime, u64, bool)> = Vec::new();
     for r in [&a, &b, &c] {
-        let h = r.state.leader.history.lock().unwrap();
+        let h = r.state.job_log.lock().unwrap();
         runs.extend(h.iter().filter(|x| x.job == Job::Usage).map(|x| (x.at, x.epoch, x.ok)));
     }
     runs.sort_by_key(|r| r.0);
@@ -357,7 +357,9 @@ async fn purge_compact_usage_and_verify_do_their_work() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // And the stored lease is this replica's.
-    let lease = jobs::current(&*store, jobs::LEASE).unwrap().unwrap();
+    let lease = portcullis::lease::current(&*store, portcullis::lease::LEASE)
+        .unwrap()
+        .unwrap();
     assert_eq!(lease.epoch, srv.state.leader.epoch.load(Ordering::SeqCst));
     srv.shutdown().await;
 }

@@ -15,7 +15,7 @@ pub mod status;
 pub mod watch;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -35,19 +35,14 @@ pub struct AppState {
     /// The longest a request waits for the index to catch up to a token.
     pub consistency_wait: Duration,
     pub leader: Arc<LeaderStatus>,
+    /// The job runs this replica made as leader, newest last.
+    pub job_log: crate::jobs::JobLog,
     /// Becomes true when the server starts shutting down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub pools: pool::Pools,
 }
 
-/// Leadership as the diagnostics and health report it.
-#[derive(Debug, Default)]
-pub struct LeaderStatus {
-    pub is_leader: AtomicBool,
-    pub epoch: AtomicU64,
-    /// The job runs this replica made as leader, newest last.
-    pub history: Arc<std::sync::Mutex<Vec<crate::jobs::JobRun>>>,
-}
+pub use crate::lease::LeaderStatus;
 
 impl AppState {
     pub fn new(
@@ -64,6 +59,7 @@ impl AppState {
             store_id,
             consistency_wait,
             leader,
+            job_log: Default::default(),
             shutdown,
             pools,
         }

@@ -185,7 +185,7 @@ pub fn subscribe_sees_commits(make: &Make<'_>) {
 }
 
 pub fn leases(make: &Make<'_>) {
-    use crate::jobs::{acquire, fence, release};
+    use crate::lease::{acquire, fence, release};
     let s = make();
     let ttl = std::time::Duration::from_secs(10);
     assert_eq!(acquire(&*s, "t", "a", ttl, 1_000).unwrap(), Some(1));
