@@ -183,28 +183,25 @@ pub fn purge(repo: &Repo, epoch: u64, now_micros: i64) -> Result<usize> {
             let mut count: std::collections::BTreeMap<(String, String), i64> = Default::default();
             for (k, _) in &due {
                 tx.clear(k);
-                let e = tuple::decode(k).ok_or_else(|| repo::corrupt(k, "expiry key"))?;
-                let [.., tuple::Elem::Str(t), tuple::Elem::Str(v), tuple::Elem::Str(id)] = e.as_slice() else {
-                    return Err(repo::corrupt(k, "expiry key"));
-                };
-                let vault = (!v.is_empty()).then_some(*v);
-                let bkey = ks::binding(t, vault, id);
+                let row = ks::expiry_of(k).ok_or_else(|| repo::corrupt(k, "expiry key"))?;
+                let vault = row.vault.as_deref();
                 // A record that cannot be read is left for a repair.
-                let Ok(Some((b, _))) = read::<Binding>(tx, &bkey) else {
+                let Ok(Some((b, _))) = read::<Binding>(tx, &ks::binding(&row.tenant, vault, &row.id)) else {
                     continue;
                 };
                 if b.expires_at.is_none_or(|x| x.0 > now_micros) {
                     continue; // rewritten since; its new expiry has its own key
                 }
-                tx.clear(&bkey);
-                tx.clear(&ks::binding_by_subject(t, vault, b.subject.as_str(), id));
-                *count.entry((t.to_string(), v.to_string())).or_default() -= 1;
+                repo::remove_binding(tx, &row.tenant, vault, &row.id, Some(&b))?;
+                *count
+                    .entry((row.tenant.clone(), row.vault.clone().unwrap_or_default()))
+                    .or_default() -= 1;
                 changes.push(Change::DeleteBinding {
                     scope: Scope {
                         tenant: b.tenant.clone(),
                         vault: b.vault.clone(),
                     },
-                    id: id.to_string(),
+                    id: row.id.clone(),
                 });
             }
             for ((t, v), d) in count {
@@ -291,13 +288,9 @@ pub fn compact(repo: &Repo, epoch: u64, now: u64, retention: Duration) -> Result
                 else {
                     return Ok(None);
                 };
-                let e = tuple::decode(&k).ok_or_else(|| repo::corrupt(&k, "log key"))?;
-                let (Some(tuple::Elem::Str(t)), Some(tuple::Elem::Str(v))) = (e.get(3), e.get(4)) else {
-                    return Err(repo::corrupt(&k, "log key"));
-                };
-                let vault = (!v.is_empty()).then_some(*v);
-                let scope = ks::log_of_scope(t, vault);
-                tx.clear_range(&scope, &ks::log_at(t, vault, floor))?;
+                let (t, v) = ks::log_scope_of(&k).ok_or_else(|| repo::corrupt(&k, "log key"))?;
+                let scope = ks::log_of_scope(&t, v.as_deref());
+                tx.clear_range(&scope, &ks::log_at(&t, v.as_deref(), floor))?;
                 cursor = tuple::prefix_range(&scope).1;
             }
             Ok(Some(cursor))
@@ -348,20 +341,21 @@ pub fn account_usage(repo: &Repo, epoch: u64) -> Result<UsageTotals> {
             fence(tx, LEASE, epoch)?;
             let id = t.id.as_str();
             let mut per_scope: std::collections::BTreeMap<(String, &'static str), i64> = Default::default();
-            let scope_of_key = |k: &[u8], at: usize| -> Result<String> {
-                match tuple::decode(k).as_deref().and_then(|e| e.get(at).cloned()) {
-                    Some(tuple::Elem::Str(v)) => Ok(v.to_string()),
-                    _ => Err(repo::corrupt(k, "scope element")),
-                }
+            // The scope each object counts in, from its key (a record that
+            // cannot be read still counts).
+            let scope_of_key = |k: &[u8]| -> Result<String> {
+                ks::object_of(k)
+                    .map(|o| o.vault.unwrap_or_default())
+                    .ok_or_else(|| repo::corrupt(k, "object key"))
             };
-            for (k, _) in range_prefix(tx, &ks::vaults(id), RangeOpts::default())? {
-                *per_scope.entry((scope_of_key(&k, 4)?, repo::VAULTS)).or_default() += 1;
-            }
-            for (k, _) in range_prefix(tx, &ks::roles_of_tenant(id), RangeOpts::default())? {
-                *per_scope.entry((scope_of_key(&k, 4)?, repo::ROLES)).or_default() += 1;
-            }
-            for (k, _) in range_prefix(tx, &ks::bindings_of_tenant(id), RangeOpts::default())? {
-                *per_scope.entry((scope_of_key(&k, 4)?, repo::BINDINGS)).or_default() += 1;
+            for (prefix, kind) in [
+                (ks::vaults(id), repo::VAULTS),
+                (ks::roles_of_tenant(id), repo::ROLES),
+                (ks::bindings_of_tenant(id), repo::BINDINGS),
+            ] {
+                for (k, _) in range_prefix(tx, &prefix, RangeOpts::default())? {
+                    *per_scope.entry((scope_of_key(&k)?, kind)).or_default() += 1;
+                }
             }
             // Rewrite the counters exactly.
             let (b, e) = tuple::prefix_range(&ks::counts_of_tenant(id));

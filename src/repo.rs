@@ -192,6 +192,46 @@ fn clear_subject_rows_of(tx: &mut dyn Transaction, t: &str, v: Option<&str>, id:
     Ok(())
 }
 
+/// Removes binding `id`'s index rows (by subject, by expiry) as they are
+/// for `old`, the stored binding (`None` when its record cannot be read);
+/// with `record`, the record too. The one place a binding's rows go away:
+/// overwrites, deletes and the purge job all come here.
+fn clear_binding_rows(
+    tx: &mut dyn Transaction,
+    t: &str,
+    v: Option<&str>,
+    id: &str,
+    old: Option<&Binding>,
+    record: bool,
+) -> Result<()> {
+    if record {
+        tx.clear(&ks::binding(t, v, id));
+    }
+    match old {
+        Some(old) => {
+            tx.clear(&ks::binding_by_subject(t, v, old.subject.as_str(), id));
+            if let Some(e) = old.expires_at {
+                tx.clear(&ks::expiry(e.0, t, v, id));
+            }
+            Ok(())
+        }
+        // Its expiry row, if any, is dropped by the purge job, which finds
+        // no expired binding behind it.
+        None => clear_subject_rows_of(tx, t, v, id),
+    }
+}
+
+/// Removes binding `id` and its index rows.
+pub(crate) fn remove_binding(
+    tx: &mut dyn Transaction,
+    t: &str,
+    v: Option<&str>,
+    id: &str,
+    old: Option<&Binding>,
+) -> Result<()> {
+    clear_binding_rows(tx, t, v, id, old, true)
+}
+
 pub(crate) fn read<T: DeserializeOwned>(tx: &mut dyn Transaction, key: &[u8]) -> Result<Option<(T, u64)>> {
     match tx.get(key)? {
         Some(v) => decode(key, &v).map(Some),
@@ -952,20 +992,8 @@ impl Repo {
                 let key = ks::binding(t.as_str(), vs(v), &b.id);
                 match read_existing::<Binding>(tx, &key)? {
                     Existing::Found(old, _) if old == *b => continue,
-                    Existing::Found(old, _) => {
-                        tx.clear(&ks::binding_by_subject(
-                            t.as_str(),
-                            vs(v),
-                            old.subject.as_str(),
-                            &old.id,
-                        ));
-                        if let Some(e) = old.expires_at {
-                            tx.clear(&ks::expiry(e.0, t.as_str(), vs(v), &old.id));
-                        }
-                    }
-                    // Its expiry row, if any, is dropped by the purge job,
-                    // which finds no expired binding behind it.
-                    Existing::Corrupt(_) => clear_subject_rows_of(tx, t.as_str(), vs(v), &b.id)?,
+                    Existing::Found(old, _) => clear_binding_rows(tx, t.as_str(), vs(v), &b.id, Some(&old), false)?,
+                    Existing::Corrupt(_) => clear_binding_rows(tx, t.as_str(), vs(v), &b.id, None, false)?,
                     Existing::Absent => added += 1,
                 }
                 write(tx, &key, b)?;
@@ -986,16 +1014,11 @@ impl Repo {
                 let key = ks::binding(t.as_str(), vs(v), id);
                 let existing = read_existing::<Binding>(tx, &key)?;
                 if existing.exists() {
-                    tx.clear(&key);
-                    match existing {
-                        Existing::Found(old, _) => {
-                            tx.clear(&ks::binding_by_subject(t.as_str(), vs(v), old.subject.as_str(), id));
-                            if let Some(e) = old.expires_at {
-                                tx.clear(&ks::expiry(e.0, t.as_str(), vs(v), id));
-                            }
-                        }
-                        _ => clear_subject_rows_of(tx, t.as_str(), vs(v), id)?,
-                    }
+                    let old = match &existing {
+                        Existing::Found(old, _) => Some(old),
+                        _ => None,
+                    };
+                    remove_binding(tx, t.as_str(), vs(v), id, old)?;
                     changes.push(Change::DeleteBinding {
                         scope: scope_of(t, v),
                         id: id.clone(),
@@ -1034,10 +1057,7 @@ impl Repo {
                 let (rows, next) = page_of(tx, &prefix, &token, n as u32)?;
                 for (k, val) in &rows {
                     let b: Binding = if subject.is_some() {
-                        let id = match tuple::decode(k).as_deref().and_then(|e| e.last()) {
-                            Some(tuple::Elem::Str(id)) => id.to_string(),
-                            _ => return Err(corrupt(k, "binding index key")),
-                        };
+                        let id = ks::binding_id_of_subject_row(k).ok_or_else(|| corrupt(k, "binding index key"))?;
                         match read::<Binding>(tx, &ks::binding(t.as_str(), vs(v), &id))? {
                             Some((b, _)) => b,
                             None => continue,
@@ -1166,10 +1186,7 @@ impl Repo {
             let mut out = Vec::new();
             for (k, val) in &rows {
                 if by_member {
-                    let g = match tuple::decode(k).as_deref().and_then(|e| e.last()) {
-                        Some(tuple::Elem::Str(g)) => g.to_string(),
-                        _ => return Err(corrupt(k, "membership index key")),
-                    };
+                    let g = ks::group_of_member_row(k).ok_or_else(|| corrupt(k, "membership index key"))?;
                     let m = member.expect("by member");
                     if let Some((ms, _)) = read::<Membership>(tx, &ks::membership(t.as_str(), vs(v), &g, m.as_str()))? {
                         out.push(ms);
@@ -1407,10 +1424,7 @@ pub fn log_floor(tx: &mut dyn Transaction) -> Result<u64> {
 
 /// The commit version in a versionstamped key's last element.
 pub fn key_version(k: &[u8]) -> Result<u64> {
-    match tuple::decode(k).as_deref().and_then(|e| e.last()) {
-        Some(tuple::Elem::Versionstamp(vs)) => Ok(tuple::versionstamp_version(vs)),
-        _ => Err(corrupt(k, "expected a versionstamped key")),
-    }
+    ks::version_of(k).ok_or_else(|| corrupt(k, "expected a versionstamped key"))
 }
 
 /// What [`Repo::load_all`] read.

@@ -250,12 +250,77 @@ pub fn object_of(key: &[u8]) -> Option<ObjectKey> {
     Some(ObjectKey { tenant, vault, object })
 }
 
+/// The string elements of a key under the root: `("b", tenant, vault, id)`.
+fn strings_of(key: &[u8]) -> Option<Vec<String>> {
+    use super::tuple::{Elem, decode};
+    let rest = key.strip_prefix(root().into_vec().as_slice())?;
+    decode(rest)?
+        .into_iter()
+        .map(|e| match e {
+            Elem::Str(s) => Some(s.to_string()),
+            Elem::Int(n) => Some(n.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn vault_of(v: String) -> Option<String> {
+    (!v.is_empty()).then_some(v)
+}
+
 /// The binding id at the end of a `(root, "bs", tenant, vault, subject, id)`
 /// key.
 pub fn binding_id_of_subject_row(key: &[u8]) -> Option<String> {
+    match strings_of(key)?.as_slice() {
+        [bs, _, _, _, id] if bs == "bs" => Some(id.clone()),
+        _ => None,
+    }
+}
+
+/// The group at the end of a `(root, "mm", tenant, vault, member, group)` key.
+pub fn group_of_member_row(key: &[u8]) -> Option<String> {
+    match strings_of(key)?.as_slice() {
+        [mm, _, _, _, g] if mm == "mm" => Some(g.clone()),
+        _ => None,
+    }
+}
+
+/// A binding's place, from its `(root, "sys", "exp", at, tenant, vault, id)` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiryRow {
+    pub tenant: String,
+    pub vault: Option<String>,
+    pub id: String,
+}
+
+pub fn expiry_of(key: &[u8]) -> Option<ExpiryRow> {
+    match strings_of(key)?.as_slice() {
+        [sys, exp, _, t, v, id] if sys == "sys" && exp == "exp" => Some(ExpiryRow {
+            tenant: t.clone(),
+            vault: vault_of(v.clone()),
+            id: id.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// The scope (tenant, vault) of a changelog key `(root, "log", tenant, vault, versionstamp)`.
+pub fn log_scope_of(key: &[u8]) -> Option<(String, Option<String>)> {
     use super::tuple::{Elem, decode};
+    let rest = key.strip_prefix(root().into_vec().as_slice())?;
+    match decode(rest)?.as_slice() {
+        [Elem::Str("log"), Elem::Str(t), Elem::Str(v), Elem::Versionstamp(_)] => {
+            Some((t.to_string(), vault_of(v.to_string())))
+        }
+        _ => None,
+    }
+}
+
+/// The commit version of a versionstamped key (changelog and feed entries).
+pub fn version_of(key: &[u8]) -> Option<u64> {
+    use super::tuple::{Elem, decode, versionstamp_version};
     match decode(key)?.last() {
-        Some(Elem::Str(id)) => Some(id.to_string()),
+        Some(Elem::Versionstamp(vs)) => Some(versionstamp_version(vs)),
         _ => None,
     }
 }
@@ -290,5 +355,19 @@ mod tests {
             binding_id_of_subject_row(&binding_by_subject("a", None, "user:u", "b-9")).as_deref(),
             Some("b-9")
         );
+        assert_eq!(
+            group_of_member_row(&member_of("a", None, "user:u", "group:g")).as_deref(),
+            Some("group:g")
+        );
+        assert_eq!(
+            expiry_of(&expiry(5, "a/b", Some("v"), "b-1")),
+            Some(ExpiryRow {
+                tenant: "a/b".into(),
+                vault: Some("v".into()),
+                id: "b-1".into()
+            })
+        );
+        assert_eq!(log_scope_of(&log_at("a", None, 7)), Some(("a".into(), None)));
+        assert_eq!(version_of(&log_at("a", Some("v"), 7)), Some(7));
     }
 }
