@@ -198,7 +198,7 @@ pub struct ClientArgs {
     /// The server.
     #[arg(long, env = "PORTCULLIS_ENDPOINT", default_value = "http://127.0.0.1:50051")]
     pub endpoint: String,
-    /// API key secret, sent as 'authorization: Bearer <token>'.
+    /// API key secret, sent as `authorization: Bearer <token>`.
     #[arg(long, env = "PORTCULLIS_TOKEN")]
     pub token: Option<String>,
     /// CA certificate (PEM) to verify an https endpoint with.

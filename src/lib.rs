@@ -5,6 +5,16 @@
 //!   gRPC, Kubernetes or storage types).
 //! - [`store`]: the FoundationDB-shaped store trait, its backends and the
 //!   keyspace.
+//! - [`repo`]: admin writes and reads as store transactions, and the changelog.
+//! - [`index`]: the live index, loaded from the store and fed from its changelog.
+//! - [`lease`]: leader election on the store, with fencing epochs.
+//! - [`jobs`]: the background jobs the leader runs.
+//! - [`api`]: the gRPC services, auth, conversions and the one error-to-status mapping.
+//! - [`error`]: the service's error type and its `ErrorInfo` reasons.
+//! - [`transport`]: accepting connections (TCP_NODELAY, TLS and its reload).
+//! - [`server`]: wiring everything into a running server.
+//! - [`manifest`]: the Kubernetes-shaped documents `apply`, `import` and `export` use.
+//! - [`cli`]: the command line.
 //! - [`telemetry`]: logs and metrics.
 
 pub mod api;

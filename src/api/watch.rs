@@ -4,7 +4,7 @@
 //! are read from the store a few commits at a time, sent in messages of at
 //! most [`MAX_MESSAGE_CHANGES_BYTES`] (a large commit becomes several
 //! messages of the same revision, `more` set on all but the last), and at
-//! most [`BUFFERED`] messages wait for the client. A client that reads
+//! most two messages wait for the client. A client that reads
 //! nothing for [`WatchLimits::send_timeout`] is ended with ABORTED, reason
 //! `WATCH_FELL_BEHIND` and the revision to resume after. Streams are capped
 //! per API key and per server (RESOURCE_EXHAUSTED, `WATCH_STREAMS_EXHAUSTED`,
