@@ -506,15 +506,24 @@ async fn restarts_converge_and_a_wiped_service_is_repopulated() {
     let mut admin = AdminServiceClient::connect(format!("http://{}", env.service_addr))
         .await
         .unwrap();
-    let ms = admin
-        .list_memberships(pb::ListMembershipsRequest {
-            tenant: tid.clone(),
-            vault: "docs".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    // The vault's bindings and memberships are two writes: the grant can be
+    // visible a moment before the membership is.
+    let start = Instant::now();
+    let ms = loop {
+        let ms = admin
+            .list_memberships(pb::ListMembershipsRequest {
+                tenant: tid.clone(),
+                vault: "docs".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if !ms.memberships.is_empty() || start.elapsed() > Duration::from_secs(10) {
+            break ms;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(ms.memberships.len(), 1);
     env.cleanup().await;
 }

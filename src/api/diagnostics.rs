@@ -19,15 +19,18 @@ pub struct DiagnosticsApi {
 impl DiagnosticsService for DiagnosticsApi {
     async fn get_server_info(
         &self,
-        _request: Request<pb::GetServerInfoRequest>,
+        request: Request<pb::GetServerInfoRequest>,
     ) -> Result<Response<pb::GetServerInfoResponse>, Status> {
         observed(SVC, "GetServerInfo", async {
+            let caller = super::auth::caller(&request)?;
             let index = self.state.index()?;
             let quarantined = index
                 .engine()
                 .quarantined()
                 .scopes
                 .iter()
+                // A confined key learns only of its own subtrees' trouble.
+                .filter(|(scope, _)| caller.may_act_on(scope.tenant.as_str()))
                 .map(|(scope, bad)| pb::QuarantinedScope {
                     tenant: scope.tenant.to_string(),
                     vault: scope.vault.as_ref().map(|v| v.to_string()).unwrap_or_default(),
