@@ -1,0 +1,232 @@
+//! The changelog: appending every commit's changes to the per-scope logs
+//! and the feed replicas tail, reading them back, and loading everything
+//! for a new index.
+
+use super::*;
+
+/// Appends `changes` to the per-vault changelogs and the feed.
+pub fn append_changelog(tx: &mut dyn Transaction, changes: &[Change]) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut by_scope: BTreeMap<Scope, Vec<&Change>> = BTreeMap::new();
+    for c in changes {
+        by_scope.entry(c.scope()).or_default().push(c);
+    }
+    for (scope, cs) in by_scope {
+        let (key, off) = ks::log_entry(scope.tenant.as_str(), vs(scope.vault.as_ref()));
+        let json = serde_json::to_vec(&cs).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        tx.set_versionstamped_key(key, off, &json);
+    }
+    let (key, off) = ks::feed_entry();
+    let json = serde_json::to_vec(changes).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    tx.set_versionstamped_key(key, off, &json);
+    tx.set_versionstamped_value(&ks::feed_bump(), vec![0xff; 10], 0);
+    Ok(())
+}
+
+impl Repo {
+    /// Everything in the store as changes, for building an index, the
+    /// records that could not be read, and the version it was read at.
+    /// Tailing the feed from that version afterwards repairs anything a
+    /// chunked read missed (changes are idempotent).
+    pub fn load_all(&self) -> Result<Loaded> {
+        const CHUNK: usize = 10_000;
+        let version = self.current_version()?;
+        let mut out = Loaded {
+            changes: Vec::new(),
+            corrupt: Vec::new(),
+            version,
+        };
+        let root = ks::root();
+        for kind in ["t", "v", "r", "b", "m"] {
+            let (begin, end) = tuple::prefix_range(&root.clone().str(kind).into_vec());
+            let mut cursor = begin;
+            // Each chunk is its own short transaction (FoundationDB's 5 s
+            // limit); what changes between chunks is replayed from the feed.
+            loop {
+                let (rows, _) = self.run(|tx| {
+                    Ok(tx.range(
+                        &cursor,
+                        &end,
+                        RangeOpts {
+                            limit: CHUNK,
+                            snapshot: true,
+                            reverse: false,
+                        },
+                    )?)
+                })?;
+                for (k, val) in &rows {
+                    let change = match kind {
+                        "t" => decode(k, val).map(|x| Change::PutTenant(x.0)),
+                        "v" => decode(k, val).map(|x| Change::PutVault(x.0)),
+                        "r" => decode(k, val).map(|x| Change::PutRole(x.0)),
+                        "b" => decode(k, val).map(|x| Change::PutBinding(x.0)),
+                        _ => decode(k, val).map(|x| Change::PutMembership(x.0)),
+                    };
+                    match change {
+                        Ok(c) => out.changes.push(c),
+                        // One bad record must not stop the index: its scope
+                        // is quarantined, everything else loads.
+                        Err(e) => out.corrupt.push(CorruptRecord::of_key(k, e.to_string())),
+                    }
+                }
+                if rows.len() < CHUNK {
+                    break;
+                }
+                let mut next = rows.last().expect("full chunk").0.clone();
+                next.push(0);
+                cursor = next;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Feed entries after `after`, oldest first, and the version read at.
+    /// A change that does not decode is returned as a [`CorruptRecord`]
+    /// beside the others, so one bad change never stops the index.
+    pub fn read_feed(&self, after: u64, limit: usize) -> Result<(Vec<FeedEntry>, u64)> {
+        let (r, _) = self.run(|tx| {
+            let read_at = tx.read_version()?;
+            let (_, end) = tuple::prefix_range(&ks::feed());
+            let begin = ks::feed_at(after.saturating_add(1));
+            let rows = tx.range(
+                &begin,
+                &end,
+                RangeOpts {
+                    limit,
+                    snapshot: true,
+                    reverse: false,
+                },
+            )?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (k, v) in rows {
+                let mut entry = FeedEntry {
+                    version: key_version(&k)?,
+                    changes: Vec::new(),
+                    corrupt: Vec::new(),
+                };
+                match serde_json::from_slice::<Vec<serde_json::Value>>(&v) {
+                    Ok(raw) => {
+                        for c in raw {
+                            match serde_json::from_value::<Change>(c.clone()) {
+                                Ok(c) => entry.changes.push(c),
+                                Err(e) => entry.corrupt.push(CorruptRecord::of_change(&c, e.to_string())),
+                            }
+                        }
+                    }
+                    Err(e) => entry.corrupt.push(CorruptRecord {
+                        scope: None,
+                        object: format!("feed entry {}", token(entry.version)),
+                        detail: e.to_string(),
+                    }),
+                }
+                out.push(entry);
+            }
+            // A full page stops short of the read version, possibly inside a
+            // version (several commits of one FoundationDB batch share it):
+            // resume just before its last version, re-applying what was
+            // already applied (changes are idempotent).
+            let upto = if limit > 0 && out.len() == limit {
+                let last = out.last().map(|e| e.version).unwrap_or(after);
+                if last.saturating_sub(1) > after { last - 1 } else { last }
+            } else {
+                read_at
+            };
+            Ok((out, upto))
+        })?;
+        Ok(r)
+    }
+
+    /// Changelog entries of a scope (`vault` None with `whole_tenant` for
+    /// the tenant and all its vaults) after `after`.
+    pub fn read_log(
+        &self,
+        t: &TenantId,
+        v: Option<&VaultName>,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<LogEntry>, u64)> {
+        let (r, _) = self.run(|tx| {
+            let read_at = tx.read_version()?;
+            let floor = log_floor(tx)?;
+            if after + 1 < floor {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "revision {} is older than the changelog retains (it starts at {}); re-read the current state and watch from its revision",
+                    token(after),
+                    token(floor)
+                )));
+            }
+            let mut out: Vec<(u64, Vec<Change>)> = Vec::new();
+            if v.is_none() {
+                // The whole tenant: its own log and every vault's (deleted
+                // vaults included), merged by version.
+                let begin = ks::root().str("log").str(t.as_str()).into_vec();
+                let (_, end) = tuple::prefix_range(&begin);
+                for (k, val) in tx.range(&begin, &end, RangeOpts { snapshot: true, ..Default::default() })? {
+                    let ver = key_version(&k)?;
+                    if ver > after {
+                        let cs: Vec<Change> = serde_json::from_slice(&val).map_err(|e| corrupt(&k, e))?;
+                        out.push((ver, cs));
+                    }
+                }
+                out.sort_by_key(|(ver, _)| *ver);
+                let mut merged: Vec<(u64, Vec<Change>)> = Vec::new();
+                for (ver, cs) in out {
+                    match merged.last_mut() {
+                        Some((lv, lcs)) if *lv == ver => lcs.extend(cs),
+                        _ => merged.push((ver, cs)),
+                    }
+                }
+                if limit > 0 && merged.len() > limit {
+                    merged.truncate(limit);
+                    let upto = merged.last().map(|x| x.0).unwrap_or(after);
+                    return Ok((merged, upto));
+                }
+                return Ok((merged, read_at));
+            }
+            let (_, end) = tuple::prefix_range(&ks::log_of_scope(t.as_str(), vs(v)));
+            let begin = ks::log_at(t.as_str(), vs(v), after.saturating_add(1));
+            for (k, val) in tx.range(&begin, &end, RangeOpts { limit, snapshot: true, reverse: false })? {
+                let cs: Vec<Change> = serde_json::from_slice(&val).map_err(|e| corrupt(&k, e))?;
+                out.push((key_version(&k)?, cs));
+            }
+            // A full page may stop inside a version (several commits of one
+            // FoundationDB batch share it): resume at that version, re-applying
+            // what was already applied (changes are idempotent).
+            let upto = if limit > 0 && out.len() == limit { out.last().map(|x| x.0).unwrap_or(after) } else { read_at };
+            Ok((out, upto))
+        })?;
+        Ok(r)
+    }
+}
+
+/// The oldest revision the changelog still holds.
+pub fn log_floor(tx: &mut dyn Transaction) -> Result<u64> {
+    Ok(tx
+        .get_snapshot(&ks::log_floor())?
+        .and_then(|v| v.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+/// The commit version in a versionstamped key's last element.
+pub fn key_version(k: &[u8]) -> Result<u64> {
+    ks::version_of(k).ok_or_else(|| corrupt(k, "expected a versionstamped key"))
+}
+
+/// What [`Repo::load_all`] read.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub changes: Vec<Change>,
+    pub corrupt: Vec<CorruptRecord>,
+    pub version: u64,
+}
+
+/// One commit of the feed.
+#[derive(Debug, Clone)]
+pub struct FeedEntry {
+    pub version: u64,
+    pub changes: Vec<Change>,
+    pub corrupt: Vec<CorruptRecord>,
+}
