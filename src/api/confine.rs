@@ -7,22 +7,25 @@
 //! every handler calls [`TenantFields::tenant_fields`] through
 //! `Caller::require_fields`.
 
+use std::borrow::Cow;
+
 use portcullis_proto::v1 as pb;
 
-/// (field path, tenant) pairs of a request.
-pub type Fields<'a> = Vec<(String, &'a str)>;
+/// (field path, tenant) pairs of a request. Top-level paths are static, so
+/// a check pays no allocation for them.
+pub type Fields<'a> = Vec<(Cow<'static, str>, &'a str)>;
 
 pub trait TenantFields {
     fn tenant_fields(&self) -> Fields<'_>;
 }
 
-fn one<'a>(field: &str, t: &'a str) -> Fields<'a> {
-    vec![(field.to_string(), t)]
+fn one<'a>(field: &'static str, t: &'a str) -> Fields<'a> {
+    vec![(Cow::Borrowed(field), t)]
 }
 
-fn nested<'a>(out: &mut Fields<'a>, field: String, t: &'a str) {
+fn nested<'a>(out: &mut Fields<'a>, field: impl Into<Cow<'static, str>>, t: &'a str) {
     if !t.is_empty() {
-        out.push((field, t));
+        out.push((field.into(), t));
     }
 }
 
@@ -47,7 +50,7 @@ impl TenantFields for pb::DeleteTenantRequest {
 impl TenantFields for pb::ListTenantsRequest {
     fn tenant_fields(&self) -> Fields<'_> {
         let mut out = Vec::new();
-        nested(&mut out, "under".into(), &self.under);
+        nested(&mut out, "under", &self.under);
         out
     }
 }
@@ -121,7 +124,7 @@ impl TenantFields for pb::WriteMembershipsRequest {
 pub fn import_fields(i: usize, m: &pb::ImportVaultRequest) -> Fields<'_> {
     use pb::import_vault_request::Item;
     let mut out = Vec::new();
-    nested(&mut out, "tenant".into(), &m.tenant);
+    nested(&mut out, "tenant", &m.tenant);
     match &m.item {
         Some(Item::Role(r)) => nested(&mut out, format!("items[{i}].role.tenant"), &r.tenant),
         Some(Item::Binding(b)) => nested(&mut out, format!("items[{i}].binding.tenant"), &b.tenant),

@@ -123,17 +123,17 @@ fn context_of(field: &str, s: &Option<prost_types::Struct>) -> Result<RequestCon
 }
 
 impl PermissionApi {
-    /// What every query does first: the caller may act on the tenant, and the
+    /// What every query does first after confinement: the tenant is valid and the
     /// index meets the consistency asked for. Returns the index and the
     /// revision the answer is evaluated at.
     async fn begin(
         &self,
-        caller: &auth::Caller,
         tenant: &str,
         consistency: Option<&pb::Consistency>,
     ) -> Result<(&std::sync::Arc<crate::index::LiveIndex>, u64), Status> {
+        // The caller's confinement is checked with every tenant field of the
+        // request, first thing in each handler.
         tenant_field("tenant", tenant)?;
-        caller.require_tenant(tenant)?;
         let index = self.state.index()?;
         self.state.consistency(index, consistency).await.map_err(st)?;
         Ok((index, index.revision()))
@@ -150,7 +150,7 @@ impl PermissionService for PermissionApi {
             let caller = auth::caller(&request)?;
             caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
-            let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
+            let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
             rate(index, &r.tenant, Kind::Checks, 1)?;
             let ctx = context_of("context", &r.context).map_err(st)?;
             let now = Timestamp::now();
@@ -205,7 +205,7 @@ impl PermissionService for PermissionApi {
                     format!("at most {MAX_BULK} items per call, got {}", r.items.len()),
                 )));
             }
-            let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
+            let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
             rate(index, &r.tenant, Kind::Checks, r.items.len().max(1) as u32)?;
             let view = index.engine().view(&r.tenant, &r.vault).map_err(st)?;
             let explain = r.explain;
@@ -263,7 +263,7 @@ impl PermissionService for PermissionApi {
             let caller = auth::caller(&request)?;
             caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
-            let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
+            let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
             rate(index, &r.tenant, Kind::Checks, 1)?;
             let index = index.clone();
             let f = self
@@ -315,7 +315,7 @@ impl PermissionService for PermissionApi {
                 0 => 100,
                 n => n.min(MAX_PAGE),
             };
-            let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
+            let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
             rate(index, &r.tenant, Kind::Checks, 1)?;
             let view = index.engine().view(&r.tenant, &r.vault).map_err(st)?;
             let (action, resource) = (r.action.clone(), r.resource.clone());
@@ -359,7 +359,7 @@ impl PermissionService for PermissionApi {
             let caller = auth::caller(&request)?;
             caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
-            let (index, at) = self.begin(&caller, &r.tenant, r.consistency.as_ref()).await?;
+            let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
             rate(index, &r.tenant, Kind::Checks, 1)?;
             let (index, tenant, vault, subject) = (index.clone(), r.tenant.clone(), r.vault.clone(), r.subject.clone());
             let eff = self

@@ -66,15 +66,7 @@ impl Repo {
         deletes: &[String],
         replace_source: Option<Source>,
     ) -> Result<((u32, u32), u64)> {
-        if upserts.len() + deletes.len() > MAX_WRITE_BATCH {
-            return Err(ServiceError::invalid(
-                "upserts",
-                format!(
-                    "at most {MAX_WRITE_BATCH} upserts and deletes in one call, got {}",
-                    upserts.len() + deletes.len()
-                ),
-            ));
-        }
+        check_batch(upserts.len() + deletes.len())?;
         let mut viol = Violations::new();
         let mut ids = BTreeSet::new();
         for (i, b) in upserts.iter().enumerate() {

@@ -12,15 +12,7 @@ impl Repo {
         deletes: &[Membership],
         replace_source: Option<Source>,
     ) -> Result<((u32, u32), u64)> {
-        if upserts.len() + deletes.len() > MAX_WRITE_BATCH {
-            return Err(ServiceError::invalid(
-                "upserts",
-                format!(
-                    "at most {MAX_WRITE_BATCH} upserts and deletes in one call, got {}",
-                    upserts.len() + deletes.len()
-                ),
-            ));
-        }
+        check_batch(upserts.len() + deletes.len())?;
         let mut viol = Violations::new();
         for (field, list) in [("upserts", upserts), ("deletes", deletes)] {
             for (i, m) in list.iter().enumerate() {

@@ -90,6 +90,17 @@ fn vs(v: Option<&VaultName>) -> Option<&str> {
     v.map(|v| v.as_str())
 }
 
+/// At most [`MAX_WRITE_BATCH`] upserts and deletes in one write call.
+fn check_batch(n: usize) -> Result<()> {
+    if n > MAX_WRITE_BATCH {
+        return Err(ServiceError::invalid(
+            "upserts",
+            format!("at most {MAX_WRITE_BATCH} upserts and deletes in one call, got {n}"),
+        ));
+    }
+    Ok(())
+}
+
 fn expect_revision(what: &str, expected: Option<u64>, current: Option<u64>) -> Result<()> {
     match (expected, current) {
         (None, _) => Ok(()),
