@@ -171,13 +171,9 @@ impl LiveIndex {
                 telemetry::STORE_REVISION.set(known as i64);
                 if known > me.revision() {
                     let m = me.clone();
-                    match tokio::task::spawn_blocking(move || m.catch_up()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "catching up with the changelog failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                        Err(e) => tracing::error!(error = %e, "index tailer task failed"),
+                    if let Err(e) = me.repo.call(move |_| m.catch_up()).await {
+                        tracing::warn!(error = %e, "catching up with the changelog failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
                 telemetry::INDEX_LAG.set(known.saturating_sub(me.revision()) as i64);
@@ -188,7 +184,7 @@ impl LiveIndex {
                         // A commit by another process on a shared store is
                         // found by reading the feed.
                         let m = me.clone();
-                        let _ = tokio::task::spawn_blocking(move || m.catch_up()).await;
+                        let _ = me.repo.call(move |_| m.catch_up()).await;
                     }
                     _ = shutdown.changed() => return,
                 }
@@ -202,12 +198,11 @@ impl LiveIndex {
         let waited = tokio::time::timeout(limit, rx.wait_for(|r| *r >= revision)).await;
         match waited {
             Ok(Ok(r)) => Ok(*r),
-            _ => Err(ServiceError::Unavailable(format!(
-                "this replica's index is at revision {} and did not reach {} within {:?}; retry or use another replica",
-                token(self.revision()),
-                token(revision),
-                limit
-            ))),
+            _ => Err(ServiceError::IndexBehind {
+                at: token(self.revision()),
+                wanted: token(revision),
+                waited: limit,
+            }),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`index`]: the live index, loaded from the store and fed from its changelog.
 //! - [`lease`]: leader election on the store, with fencing epochs.
 //! - [`jobs`]: the background jobs the leader runs.
+//! - [`pool`]: bounded pools for blocking and expensive work.
 //! - [`api`]: the gRPC services, auth, conversions and the one error-to-status mapping.
 //! - [`error`]: the service's error type and its `ErrorInfo` reasons.
 //! - [`transport`]: accepting connections (TCP_NODELAY, TLS and its reload).
@@ -25,6 +26,7 @@ pub mod index;
 pub mod jobs;
 pub mod lease;
 pub mod manifest;
+pub mod pool;
 pub mod repo;
 pub mod server;
 pub mod store;

@@ -233,10 +233,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         .await
         .map_err(|e| StoreError::Io(e.to_string()))??;
     let repo = Arc::new(Repo::new(store.clone()));
-    let r2 = repo.clone();
-    let store_id = tokio::task::spawn_blocking(move || r2.store_id())
-        .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))??;
+    let store_id = repo.call(|r| r.store_id()).await?;
     let leader = Arc::new(LeaderStatus::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState::new(
@@ -245,7 +242,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         opts.consistency_wait,
         leader.clone(),
         shutdown_rx.clone(),
-        crate::api::pool::Pools::new(opts.expensive_concurrency, opts.expensive_queue),
+        crate::pool::Pool::new("expensive", opts.expensive_concurrency, opts.expensive_queue),
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();

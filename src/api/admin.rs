@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::confine::TenantFields;
 use super::convert::*;
-use super::{AppState, auth, observed, st, tenant_field};
+use super::{AppState, auth, observed, tenant_field};
 use crate::engine::ids::{Subject, TenantId, Violations};
 use crate::engine::model::{Binding, Membership, Role};
 use crate::error::ServiceError;
@@ -23,11 +23,11 @@ pub struct AdminApi {
 }
 
 fn required<T>(v: Option<T>, field: &str) -> Result<T, Status> {
-    v.ok_or_else(|| st(ServiceError::invalid(field, "is required")))
+    v.ok_or_else(|| Status::from(ServiceError::invalid(field, "is required")))
 }
 
 fn conv<T>(r: Conv<T>) -> Result<T, Status> {
-    r.map_err(st)
+    r.map_err(Status::from)
 }
 
 /// Parses a (tenant, vault) pair of a request; the vault may be empty.
@@ -37,7 +37,7 @@ fn scope_fields(tenant: &str, vault: &str) -> Result<(TenantId, Option<crate::en
     let vn = opt_vault(&mut v, "vault", vault);
     match (t, vn) {
         (Some(t), Some(vn)) => Ok((t, vn)),
-        _ => Err(st(v)),
+        _ => Err(Status::from(v)),
     }
 }
 
@@ -80,14 +80,13 @@ impl AdminService for AdminApi {
             let t = conv(tenant_from(&required(r.tenant, "tenant")?, "tenant"))?;
             caller.require_tenant(t.id.as_str())?;
             self.write_rate(t.id.as_str())?;
-            let expected = parse_expected(&r.expected_revision).map_err(st)?;
-            let repo = self.state.repo.clone();
+            let expected = parse_expected(&r.expected_revision)?;
             let conf = confinement(&caller, t.id.as_str());
             let a = self
                 .state
-                .blocking(move || repo.apply_tenant(t, expected, conf.as_ref()))
-                .await
-                .map_err(st)?;
+                .repo
+                .call(move |repo| repo.apply_tenant(t, expected, conf.as_ref()))
+                .await?;
             self.after_write(a.revision).await;
             Ok(Response::new(pb::ApplyTenantResponse {
                 tenant: Some(tenant_to(&a.object, a.revision, None)),
@@ -105,9 +104,8 @@ impl AdminService for AdminApi {
             let r = request.into_inner();
             tenant_field("id", &r.id)?;
             caller.require_tenant(&r.id)?;
-            let id = TenantId::parse(&r.id).map_err(|e| st(ServiceError::invalid("id", e)))?;
-            let repo = self.state.repo.clone();
-            let (t, rev, usage) = self.state.blocking(move || repo.get_tenant(&id)).await.map_err(st)?;
+            let id = TenantId::parse(&r.id).map_err(|e| Status::from(ServiceError::invalid("id", e)))?;
+            let (t, rev, usage) = self.state.repo.call(move |repo| repo.get_tenant(&id)).await?;
             Ok(Response::new(tenant_to(&t, rev, Some(usage))))
         })
         .await
@@ -123,10 +121,11 @@ impl AdminService for AdminApi {
                     [] => None,
                     [one] => Some(one.clone()),
                     many => {
-                        return Err(Status::permission_denied(format!(
-                            "this API key is confined to tenants {}; pass `under` with one of them",
-                            many.join(", ")
-                        )));
+                        return Err(ServiceError::UnderRequired {
+                            key: caller.name.to_string(),
+                            confined_to: many.join(", "),
+                        }
+                        .into());
                     }
                 }
             } else {
@@ -135,14 +134,13 @@ impl AdminService for AdminApi {
                 Some(r.under.clone())
             };
             let under = under
-                .map(|u| TenantId::parse(&u).map_err(|e| st(ServiceError::invalid("under", e))))
+                .map(|u| TenantId::parse(&u).map_err(|e| Status::from(ServiceError::invalid("under", e))))
                 .transpose()?;
-            let repo = self.state.repo.clone();
             let (items, next) = self
                 .state
-                .blocking(move || repo.list_tenants(under.as_ref(), &r.page_token, r.page_size))
-                .await
-                .map_err(st)?;
+                .repo
+                .call(move |repo| repo.list_tenants(under.as_ref(), &r.page_token, r.page_size))
+                .await?;
             Ok(Response::new(pb::ListTenantsResponse {
                 tenants: items.iter().map(|(t, rev)| tenant_to(t, *rev, None)).collect(),
                 next_page_token: next,
@@ -158,16 +156,15 @@ impl AdminService for AdminApi {
             let r = request.into_inner();
             tenant_field("id", &r.id)?;
             caller.require_tenant(&r.id)?;
-            let id = TenantId::parse(&r.id).map_err(|e| st(ServiceError::invalid("id", e)))?;
+            let id = TenantId::parse(&r.id).map_err(|e| Status::from(ServiceError::invalid("id", e)))?;
             self.write_rate(id.as_str())?;
-            let expected = parse_expected(&r.expected_revision).map_err(st)?;
-            let repo = self.state.repo.clone();
+            let expected = parse_expected(&r.expected_revision)?;
             let conf = confinement(&caller, id.as_str());
             let rev = self
                 .state
-                .blocking(move || repo.delete_tenant(&id, expected, conf.as_ref()))
-                .await
-                .map_err(st)?;
+                .repo
+                .call(move |repo| repo.delete_tenant(&id, expected, conf.as_ref()))
+                .await?;
             self.after_write(rev).await;
             Ok(Response::new(pb::DeleteResponse { revision: token(rev) }))
         })
@@ -182,13 +179,8 @@ impl AdminService for AdminApi {
             let v = conv(vault_from(&required(r.vault, "vault")?, "vault"))?;
             caller.require_tenant(v.tenant.as_str())?;
             self.write_rate(v.tenant.as_str())?;
-            let expected = parse_expected(&r.expected_revision).map_err(st)?;
-            let repo = self.state.repo.clone();
-            let a = self
-                .state
-                .blocking(move || repo.apply_vault(v, expected))
-                .await
-                .map_err(st)?;
+            let expected = parse_expected(&r.expected_revision)?;
+            let a = self.state.repo.call(move |repo| repo.apply_vault(v, expected)).await?;
             self.after_write(a.revision).await;
             Ok(Response::new(pb::ApplyVaultResponse {
                 vault: Some(vault_to(&a.object, a.revision)),
@@ -207,10 +199,11 @@ impl AdminService for AdminApi {
             let mut v = Violations::new();
             let t = tenant_id(&mut v, "tenant", &r.tenant);
             let n = vault_name(&mut v, "name", &r.name);
-            let (Some(t), Some(n)) = (t, n) else { return Err(st(v)) };
+            let (Some(t), Some(n)) = (t, n) else {
+                return Err(Status::from(v));
+            };
             caller.require_tenant(t.as_str())?;
-            let repo = self.state.repo.clone();
-            let (vault, rev) = self.state.blocking(move || repo.get_vault(&t, &n)).await.map_err(st)?;
+            let (vault, rev) = self.state.repo.call(move |repo| repo.get_vault(&t, &n)).await?;
             Ok(Response::new(vault_to(&vault, rev)))
         })
         .await
@@ -223,13 +216,12 @@ impl AdminService for AdminApi {
             let r = request.into_inner();
             tenant_field("tenant", &r.tenant)?;
             caller.require_tenant(&r.tenant)?;
-            let t = TenantId::parse(&r.tenant).map_err(|e| st(ServiceError::invalid("tenant", e)))?;
-            let repo = self.state.repo.clone();
+            let t = TenantId::parse(&r.tenant).map_err(|e| Status::from(ServiceError::invalid("tenant", e)))?;
             let (items, next) = self
                 .state
-                .blocking(move || repo.list_vaults(&t, &r.page_token, r.page_size))
-                .await
-                .map_err(st)?;
+                .repo
+                .call(move |repo| repo.list_vaults(&t, &r.page_token, r.page_size))
+                .await?;
             Ok(Response::new(pb::ListVaultsResponse {
                 vaults: items.iter().map(|(v, rev)| vault_to(v, *rev)).collect(),
                 next_page_token: next,
@@ -246,16 +238,17 @@ impl AdminService for AdminApi {
             let mut v = Violations::new();
             let t = tenant_id(&mut v, "tenant", &r.tenant);
             let n = vault_name(&mut v, "name", &r.name);
-            let (Some(t), Some(n)) = (t, n) else { return Err(st(v)) };
+            let (Some(t), Some(n)) = (t, n) else {
+                return Err(Status::from(v));
+            };
             caller.require_tenant(t.as_str())?;
             self.write_rate(t.as_str())?;
-            let expected = parse_expected(&r.expected_revision).map_err(st)?;
-            let repo = self.state.repo.clone();
+            let expected = parse_expected(&r.expected_revision)?;
             let rev = self
                 .state
-                .blocking(move || repo.delete_vault(&t, &n, expected))
-                .await
-                .map_err(st)?;
+                .repo
+                .call(move |repo| repo.delete_vault(&t, &n, expected))
+                .await?;
             self.after_write(rev).await;
             Ok(Response::new(pb::DeleteResponse { revision: token(rev) }))
         })
@@ -270,20 +263,20 @@ impl AdminService for AdminApi {
             let role = conv(role_from(&required(r.role, "role")?, "role"))?;
             caller.require_tenant(role.tenant.as_str())?;
             self.write_rate(role.tenant.as_str())?;
-            let expected = parse_expected(&r.expected_revision).map_err(st)?;
-            let repo = self.state.repo.clone();
+            let expected = parse_expected(&r.expected_revision)?;
             let a = self
                 .state
-                .blocking(move || repo.apply_role(role, expected))
+                .repo
+                .call(move |repo| repo.apply_role(role, expected))
                 .await
                 .map_err(|e| match e {
                     ServiceError::Invalid(mut v) => {
                         for f in &mut v.0 {
                             f.field = format!("role.{}", f.field);
                         }
-                        st(ServiceError::Invalid(v))
+                        Status::from(ServiceError::Invalid(v))
                     }
-                    other => st(other),
+                    other => Status::from(other),
                 })?;
             self.after_write(a.revision).await;
             Ok(Response::new(pb::ApplyRoleResponse {
@@ -301,14 +294,14 @@ impl AdminService for AdminApi {
             caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
-            let name = crate::engine::RoleName::parse(&r.name).map_err(|e| st(ServiceError::invalid("name", e)))?;
+            let name =
+                crate::engine::RoleName::parse(&r.name).map_err(|e| Status::from(ServiceError::invalid("name", e)))?;
             caller.require_tenant(t.as_str())?;
-            let repo = self.state.repo.clone();
             let (role, rev) = self
                 .state
-                .blocking(move || repo.get_role(&t, vn.as_ref(), &name))
-                .await
-                .map_err(st)?;
+                .repo
+                .call(move |repo| repo.get_role(&t, vn.as_ref(), &name))
+                .await?;
             Ok(Response::new(role_to(&role, rev)))
         })
         .await
@@ -321,12 +314,11 @@ impl AdminService for AdminApi {
             let r = request.into_inner();
             let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
             caller.require_tenant(t.as_str())?;
-            let repo = self.state.repo.clone();
             let (items, next) = self
                 .state
-                .blocking(move || repo.list_roles(&t, vn.as_ref(), &r.page_token, r.page_size))
-                .await
-                .map_err(st)?;
+                .repo
+                .call(move |repo| repo.list_roles(&t, vn.as_ref(), &r.page_token, r.page_size))
+                .await?;
             Ok(Response::new(pb::ListRolesResponse {
                 roles: items.iter().map(|(x, rev)| role_to(x, *rev)).collect(),
                 next_page_token: next,
@@ -341,16 +333,16 @@ impl AdminService for AdminApi {
             caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
-            let name = crate::engine::RoleName::parse(&r.name).map_err(|e| st(ServiceError::invalid("name", e)))?;
+            let name =
+                crate::engine::RoleName::parse(&r.name).map_err(|e| Status::from(ServiceError::invalid("name", e)))?;
             caller.require_tenant(t.as_str())?;
             self.write_rate(t.as_str())?;
-            let expected = parse_expected(&r.expected_revision).map_err(st)?;
-            let repo = self.state.repo.clone();
+            let expected = parse_expected(&r.expected_revision)?;
             let rev = self
                 .state
-                .blocking(move || repo.delete_role(&t, vn.as_ref(), &name, expected))
-                .await
-                .map_err(st)?;
+                .repo
+                .call(move |repo| repo.delete_role(&t, vn.as_ref(), &name, expected))
+                .await?;
             self.after_write(rev).await;
             Ok(Response::new(pb::DeleteResponse { revision: token(rev) }))
         })
@@ -374,14 +366,13 @@ impl AdminService for AdminApi {
                 }
             }
             let replace = opt_source(&mut v, "replace_source", r.replace_source);
-            v.into_result().map_err(st)?;
-            let repo = self.state.repo.clone();
+            v.into_result()?;
             let deletes = r.deletes;
             let ((up, del), rev) = self
                 .state
-                .blocking(move || repo.write_bindings(&t, vn.as_ref(), &upserts, &deletes, replace))
-                .await
-                .map_err(st)?;
+                .repo
+                .call(move |repo| repo.write_bindings(&t, vn.as_ref(), &upserts, &deletes, replace))
+                .await?;
             self.after_write(rev).await;
             Ok(Response::new(pb::WriteResponse {
                 written_at: token(rev),
@@ -406,15 +397,14 @@ impl AdminService for AdminApi {
                 subject(&mut v, "subject", &r.subject)
             };
             let source = opt_source(&mut v, "source", r.source);
-            v.into_result().map_err(st)?;
-            let repo = self.state.repo.clone();
+            v.into_result()?;
             let (items, next) = self
                 .state
-                .blocking(move || {
+                .repo
+                .call(move |repo| {
                     repo.list_bindings(&t, vn.as_ref(), subj.as_ref(), source, &r.page_token, r.page_size)
                 })
-                .await
-                .map_err(st)?;
+                .await?;
             Ok(Response::new(pb::ListBindingsResponse {
                 bindings: items.iter().map(binding_to).collect(),
                 next_page_token: next,
@@ -445,13 +435,12 @@ impl AdminService for AdminApi {
             let upserts = conv_list("upserts", &r.upserts);
             let deletes = conv_list("deletes", &r.deletes);
             let replace = opt_source(&mut v, "replace_source", r.replace_source);
-            v.into_result().map_err(st)?;
-            let repo = self.state.repo.clone();
+            v.into_result()?;
             let ((up, del), rev) = self
                 .state
-                .blocking(move || repo.write_memberships(&t, vn.as_ref(), &upserts, &deletes, replace))
-                .await
-                .map_err(st)?;
+                .repo
+                .call(move |repo| repo.write_memberships(&t, vn.as_ref(), &upserts, &deletes, replace))
+                .await?;
             self.after_write(rev).await;
             Ok(Response::new(pb::WriteResponse {
                 written_at: token(rev),
@@ -480,11 +469,11 @@ impl AdminService for AdminApi {
             } else {
                 subject(&mut v, "member", &r.member)
             };
-            v.into_result().map_err(st)?;
-            let repo = self.state.repo.clone();
+            v.into_result()?;
             let (items, next) = self
                 .state
-                .blocking(move || {
+                .repo
+                .call(move |repo| {
                     repo.list_memberships(
                         &t,
                         vn.as_ref(),
@@ -494,8 +483,7 @@ impl AdminService for AdminApi {
                         r.page_size,
                     )
                 })
-                .await
-                .map_err(st)?;
+                .await?;
             Ok(Response::new(pb::ListMembershipsResponse {
                 memberships: items.iter().map(membership_to).collect(),
                 next_page_token: next,
@@ -526,7 +514,7 @@ impl AdminService for AdminApi {
                     if scope.is_none() {
                         let (t, vn) = scope_fields(&m.tenant, &m.vault)?;
                         if vn.is_none() {
-                            return Err(st(ServiceError::invalid(
+                            return Err(Status::from(ServiceError::invalid(
                                 "vault",
                                 "the first message must name the vault",
                             )));
@@ -537,7 +525,7 @@ impl AdminService for AdminApi {
                     } else if let Some((t, v)) = &scope
                         && ((!m.tenant.is_empty() && m.tenant != *t) || (!m.vault.is_empty() && m.vault != *v))
                     {
-                        return Err(st(ServiceError::invalid(
+                        return Err(Status::from(ServiceError::invalid(
                             format!("items[{i}].vault"),
                             "an import targets one vault; every message must name the first message's vault or none",
                         )));
@@ -556,7 +544,7 @@ impl AdminService for AdminApi {
                             if !r.vault.is_empty() && r.vault != v {
                                 v2.push(format!("{field}.role.vault"), "must be the import's vault, or empty");
                             }
-                            v2.into_result().map_err(st)?;
+                            v2.into_result()?;
                             r.tenant = t.clone();
                             r.vault = v.clone();
                             roles.push(conv(role_from(&r, &format!("{field}.role")))?);
@@ -572,12 +560,14 @@ impl AdminService for AdminApi {
                     i += 1;
                 }
                 let Some((t, v)) = scope.clone() else {
-                    return Err(st(ServiceError::invalid("tenant", "the import stream was empty")));
+                    return Err(Status::from(ServiceError::invalid(
+                        "tenant",
+                        "the import stream was empty",
+                    )));
                 };
                 let flush = done || roles.len() + bindings.len() + memberships.len() >= IMPORT_CHUNK;
                 if flush {
                     let (tid, vn) = scope_fields(&t, &v)?;
-                    let repo = self.state.repo.clone();
                     let (rs, bs, ms) = (
                         std::mem::take(&mut roles),
                         std::mem::take(&mut bindings),
@@ -586,7 +576,8 @@ impl AdminService for AdminApi {
                     let (nr, nb, nm) = (rs.len() as u32, bs.len() as u32, ms.len() as u32);
                     let rev = self
                         .state
-                        .blocking(move || {
+                        .repo
+                        .call(move |repo| {
                             let mut rev = 0;
                             for r in rs {
                                 rev = rev.max(repo.apply_role(r, None)?.revision);
@@ -599,8 +590,7 @@ impl AdminService for AdminApi {
                             }
                             Ok(rev)
                         })
-                        .await
-                        .map_err(st)?;
+                        .await?;
                     last_rev = last_rev.max(rev);
                     n_roles += nr;
                     n_bindings += nb;
@@ -632,14 +622,11 @@ impl AdminService for AdminApi {
             let mut v = Violations::new();
             let t = tenant_id(&mut v, "tenant", &r.tenant);
             let n = vault_name(&mut v, "vault", &r.vault);
-            let (Some(t), Some(n)) = (t, n) else { return Err(st(v)) };
+            let (Some(t), Some(n)) = (t, n) else {
+                return Err(Status::from(v));
+            };
             caller.require_tenant(t.as_str())?;
-            let repo = self.state.repo.clone();
-            let (export, rev) = self
-                .state
-                .blocking(move || repo.export_vault(&t, &n))
-                .await
-                .map_err(st)?;
+            let (export, rev) = self.state.repo.call(move |repo| repo.export_vault(&t, &n)).await?;
             let revision = token(rev);
             use pb::export_vault_response::Item;
             let mut items = vec![Item::Vault(vault_to(&export.vault, 0))];

@@ -31,6 +31,7 @@ use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 
 use crate::engine::ids::is_tenant_within;
+use crate::error::ServiceError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -121,7 +122,13 @@ impl Caller {
         if tenant.is_empty() || self.may_act_on(tenant) {
             Ok(())
         } else {
-            Err(crate::api::status::confined(&self.name, &self.tenants, field, tenant))
+            Err(ServiceError::OutsideConfinement {
+                key: self.name.to_string(),
+                confined_to: self.tenants.join(", "),
+                field: field.to_string(),
+                tenant: tenant.to_string(),
+            }
+            .into())
         }
     }
 
@@ -276,27 +283,32 @@ impl Keys {
         let header = req
             .metadata()
             .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing API key: send 'authorization: Bearer <key>'"))?;
+            .ok_or_else(|| unauthenticated("missing API key: send 'authorization: Bearer <key>'"))?;
         let value = header
             .to_str()
-            .map_err(|_| Status::unauthenticated("the authorization header is not valid text"))?;
+            .map_err(|_| unauthenticated("the authorization header is not valid text"))?;
         let secret = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| Status::unauthenticated("the authorization header must be 'Bearer <key>'"))?;
-        let key = Self::authenticate(&keys, secret.trim()).ok_or_else(|| Status::unauthenticated("unknown API key"))?;
+            .ok_or_else(|| unauthenticated("the authorization header must be 'Bearer <key>'"))?;
+        let key = Self::authenticate(&keys, secret.trim()).ok_or_else(|| unauthenticated("unknown API key"))?;
         if let Some(scope) = scope
             && !key.scopes.contains(&scope)
         {
-            return Err(Status::permission_denied(format!(
-                "API key {} lacks the {} scope this service requires",
-                key.name,
-                scope.name()
-            )));
+            return Err(ServiceError::ScopeMissing {
+                key: key.name.to_string(),
+                scope: scope.name(),
+            }
+            .into());
         }
         if let Some(l) = &key.limiter {
             l.take(1).map_err(|retry| {
-                crate::api::status::rate_limited(retry, "rate_limit", &format!("API key {}", key.name), l.per_second())
+                Status::from(ServiceError::RateLimited {
+                    limit: "rate_limit".to_string(),
+                    subject: format!("API key {}", key.name),
+                    per_second: l.per_second(),
+                    retry_after: retry,
+                })
             })?;
         }
         Ok(Caller {
@@ -348,12 +360,16 @@ fn parse_keys(text: &str) -> Result<Vec<Key>, String> {
     Ok(keys)
 }
 
+fn unauthenticated(why: &'static str) -> Status {
+    ServiceError::Unauthenticated { why }.into()
+}
+
 /// The caller the interceptor attached.
 pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
     req.extensions()
         .get::<Caller>()
         .cloned()
-        .ok_or_else(|| Status::internal("request reached a handler without authentication"))
+        .ok_or_else(|| ServiceError::Unwired.into())
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ pub mod confine;
 pub mod convert;
 pub mod diagnostics;
 pub mod permission;
-pub mod pool;
 pub mod ratelimit;
 pub mod status;
 pub mod watch;
@@ -23,6 +22,7 @@ use tonic::{Code, Status};
 
 use crate::error::{Result, ServiceError};
 use crate::index::LiveIndex;
+use crate::pool::Pool;
 use crate::repo::{Repo, parse_token};
 use crate::telemetry::RpcTimer;
 use portcullis_proto::v1 as pb;
@@ -39,7 +39,8 @@ pub struct AppState {
     pub job_log: crate::jobs::JobLog,
     /// Becomes true when the server starts shutting down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
-    pub pools: pool::Pools,
+    /// Expensive reads run here, bounded (see [`crate::pool`]).
+    pub expensive: Pool,
 }
 
 pub use crate::lease::LeaderStatus;
@@ -51,7 +52,7 @@ impl AppState {
         consistency_wait: Duration,
         leader: Arc<LeaderStatus>,
         shutdown: tokio::sync::watch::Receiver<bool>,
-        pools: pool::Pools,
+        expensive: Pool,
     ) -> AppState {
         AppState {
             index: OnceLock::new(),
@@ -61,18 +62,13 @@ impl AppState {
             leader,
             job_log: Default::default(),
             shutdown,
-            pools,
+            expensive,
         }
-    }
-
-    /// Runs store work on the bounded store pool.
-    pub async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-        self.pools.store.run(f).await?
     }
 
     /// Runs expensive work on the bounded expensive pool.
     pub async fn expensive<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-        self.pools.expensive.run(f).await
+        self.expensive.run(f).await
     }
 
     pub fn set_index(&self, index: Arc<LiveIndex>) {
@@ -80,9 +76,7 @@ impl AppState {
     }
 
     pub fn index(&self) -> std::result::Result<&Arc<LiveIndex>, Status> {
-        self.index
-            .get()
-            .ok_or_else(|| Status::unavailable("the index is still loading; retry shortly"))
+        self.index.get().ok_or_else(|| ServiceError::IndexLoading.into())
     }
 
     /// Applies a consistency requirement; returns the revision the answer
@@ -96,8 +90,7 @@ impl AppState {
                 if rev > index.revision() {
                     // A token the store has not reached was never issued by
                     // it: refuse at once instead of waiting it out.
-                    let repo = self.repo.clone();
-                    let current = self.blocking(move || repo.current_version()).await?;
+                    let current = self.repo.call(|r| r.current_version()).await?;
                     if rev > current {
                         return Err(ServiceError::RevisionAhead {
                             field: "consistency.at_least_as_fresh",
@@ -109,8 +102,7 @@ impl AppState {
                 index.wait_for(rev, self.consistency_wait).await
             }
             Some(Requirement::FullyConsistent(_)) => {
-                let repo = self.repo.clone();
-                let rev = self.blocking(move || repo.current_version()).await?;
+                let rev = self.repo.call(|r| r.current_version()).await?;
                 index.wait_for(rev, self.consistency_wait).await
             }
         }
@@ -144,22 +136,19 @@ pub async fn observed<T>(
 /// rate limits; RESOURCE_EXHAUSTED with `RetryInfo` when one is spent.
 pub fn rate(index: &LiveIndex, tenant: &str, kind: ratelimit::Kind, n: u32) -> std::result::Result<(), Status> {
     index.limits.take(tenant, kind, n).map_err(|r| {
-        status::rate_limited(
-            r.retry_after,
-            r.kind.field(),
-            &format!("tenant {}", r.tenant),
-            r.per_second,
-        )
+        ServiceError::RateLimited {
+            limit: r.kind.field().to_string(),
+            subject: format!("tenant {}", r.tenant),
+            per_second: r.per_second,
+            retry_after: r.retry_after,
+        }
+        .into()
     })
 }
 
 /// Validates a tenant id field before anything else looks at it.
 pub fn tenant_field(field: &str, s: &str) -> std::result::Result<(), Status> {
-    crate::engine::ids::check_tenant_id(s).map_err(|rule| status::status(ServiceError::invalid(field, rule)))
-}
-
-pub(crate) fn st(e: impl Into<ServiceError>) -> Status {
-    status::status(e.into())
+    crate::engine::ids::check_tenant_id(s).map_err(|rule| Status::from(ServiceError::invalid(field, rule)))
 }
 
 pub(crate) fn load(o: &AtomicU64) -> u64 {

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use super::confine::TenantFields;
 use super::convert::{context_from, effect_to, scope_strings, source_to, statement_to, ts_to};
 use super::ratelimit::Kind;
-use super::{AppState, auth, observed, rate, st, tenant_field};
+use super::{AppState, auth, observed, rate, tenant_field};
 use crate::engine::cost::CHECK_BUDGET;
 use crate::engine::{
     CheckItem, CheckResult, EntryOutcome, Explanation, PageRequest, Possibility, Reason, RequestContext, ResourceRule,
@@ -135,7 +135,7 @@ impl PermissionApi {
         // request, first thing in each handler.
         tenant_field("tenant", tenant)?;
         let index = self.state.index()?;
-        self.state.consistency(index, consistency).await.map_err(st)?;
+        self.state.consistency(index, consistency).await?;
         Ok((index, index.revision()))
     }
 }
@@ -152,7 +152,7 @@ impl PermissionService for PermissionApi {
             let r = request.into_inner();
             let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
             rate(index, &r.tenant, Kind::Checks, 1)?;
-            let ctx = context_of("context", &r.context).map_err(st)?;
+            let ctx = context_of("context", &r.context)?;
             let now = Timestamp::now();
             let item = CheckItem {
                 subject: &r.subject,
@@ -160,10 +160,7 @@ impl PermissionService for PermissionApi {
                 resource: &r.resource,
                 context: &ctx,
             };
-            let res = index
-                .engine()
-                .check(&r.tenant, &r.vault, &item, now, r.explain)
-                .map_err(st)?;
+            let res = index.engine().check(&r.tenant, &r.vault, &item, now, r.explain)?;
             if !ctx.budget().exhausted() {
                 return Ok(Response::new(check_response(&res, at)));
             }
@@ -183,9 +180,7 @@ impl PermissionService for PermissionApi {
                     };
                     index.engine().check(&r.tenant, &r.vault, &item, now, r.explain)
                 })
-                .await
-                .map_err(st)?
-                .map_err(st)?;
+                .await??;
             Ok(Response::new(check_response(&res, at)))
         })
         .await
@@ -200,14 +195,14 @@ impl PermissionService for PermissionApi {
             caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();
             if r.items.len() > MAX_BULK {
-                return Err(st(ServiceError::invalid(
+                return Err(Status::from(ServiceError::invalid(
                     "items",
                     format!("at most {MAX_BULK} items per call, got {}", r.items.len()),
                 )));
             }
             let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
             rate(index, &r.tenant, Kind::Checks, r.items.len().max(1) as u32)?;
-            let view = index.engine().view(&r.tenant, &r.vault).map_err(st)?;
+            let view = index.engine().view(&r.tenant, &r.vault)?;
             let explain = r.explain;
             // Up to a thousand checks: on the bounded pool, each with its
             // own full budget.
@@ -236,8 +231,7 @@ impl PermissionService for PermissionApi {
                         })
                         .collect::<Vec<_>>()
                 })
-                .await
-                .map_err(st)?;
+                .await?;
             let results = results
                 .into_iter()
                 .map(|res| pb::BulkCheckResult {
@@ -273,9 +267,7 @@ impl PermissionService for PermissionApi {
                         .engine()
                         .lookup_resources(&r.tenant, &r.vault, &r.subject, &r.action, Timestamp::now())
                 })
-                .await
-                .map_err(st)?
-                .map_err(st)?;
+                .await??;
             Ok(Response::new(pb::LookupResourcesResponse {
                 grants: f.grants.iter().map(rule_to).collect(),
                 denials: f.denials.iter().map(rule_to).collect(),
@@ -310,14 +302,14 @@ impl PermissionService for PermissionApi {
                     }
                 }
             };
-            v.into_result().map_err(st)?;
+            v.into_result()?;
             let limit = match r.page_size as usize {
                 0 => 100,
                 n => n.min(MAX_PAGE),
             };
             let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
             rate(index, &r.tenant, Kind::Checks, 1)?;
-            let view = index.engine().view(&r.tenant, &r.vault).map_err(st)?;
+            let view = index.engine().view(&r.tenant, &r.vault)?;
             let (action, resource) = (r.action.clone(), r.resource.clone());
             let page = self
                 .state
@@ -333,8 +325,7 @@ impl PermissionService for PermissionApi {
                         },
                     )
                 })
-                .await
-                .map_err(st)?;
+                .await?;
             Ok(Response::new(pb::LookupSubjectsResponse {
                 subjects: page
                     .subjects
@@ -369,9 +360,7 @@ impl PermissionService for PermissionApi {
                         .engine()
                         .effective_permissions(&tenant, &vault, &subject, Timestamp::now())
                 })
-                .await
-                .map_err(st)?
-                .map_err(st)?;
+                .await??;
             let statements = eff
                 .iter()
                 .map(|e| {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::engine::Violations;
+use crate::engine::{EngineError, Violations};
 use crate::error::ServiceError;
 use crate::store::StoreError;
 
@@ -103,7 +103,25 @@ pub fn violations_message(v: &Violations) -> String {
     s
 }
 
-pub fn status(e: ServiceError) -> Status {
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        status(e)
+    }
+}
+
+impl From<EngineError> for Status {
+    fn from(e: EngineError) -> Status {
+        status(e.into())
+    }
+}
+
+impl From<Violations> for Status {
+    fn from(v: Violations) -> Status {
+        status(ServiceError::Invalid(v))
+    }
+}
+
+fn status(e: ServiceError) -> Status {
     let reason = e.reason();
     let meta = e.metadata();
     let meta: Vec<(&str, String)> = meta.iter().map(|(k, v)| (*k, v.clone())).collect();
@@ -142,26 +160,6 @@ pub fn status(e: ServiceError) -> Status {
             None,
         ),
     }
-}
-
-/// PERMISSION_DENIED: a tenant field outside the key's subtrees.
-pub fn confined(key: &str, tenants: &[String], field: &str, tenant: &str) -> Status {
-    status(ServiceError::OutsideConfinement {
-        key: key.to_string(),
-        confined_to: tenants.join(", "),
-        field: field.to_string(),
-        tenant: tenant.to_string(),
-    })
-}
-
-/// RESOURCE_EXHAUSTED with `RetryInfo`: a rate limit was reached.
-pub fn rate_limited(retry: Duration, limit: &str, subject: &str, per_second: u32) -> Status {
-    status(ServiceError::RateLimited {
-        limit: limit.to_string(),
-        subject: subject.to_string(),
-        per_second,
-        retry_after: retry,
-    })
 }
 
 /// A violation list as the bulk check reports per-item errors.

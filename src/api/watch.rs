@@ -20,7 +20,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::confine::TenantFields;
 use super::convert::{change_to, opt_vault, tenant_id};
-use super::{AppState, auth, observed, st};
+use super::{AppState, auth, observed};
 use crate::engine::Violations;
 use crate::repo::{parse_token, token};
 
@@ -194,26 +194,23 @@ impl WatchService for WatchApi {
             let t = tenant_id(&mut v, "tenant", &r.tenant);
             let vn = opt_vault(&mut v, "vault", &r.vault);
             let (Some(t), Some(vn)) = (t, vn) else {
-                return Err(st(v));
+                return Err(Status::from(v));
             };
             caller.require_tenant(t.as_str())?;
             let index = self.state.index()?.clone();
             let mut after = if r.after_revision.is_empty() {
                 index.revision()
             } else {
-                parse_token("after_revision", &r.after_revision).map_err(st)?
+                parse_token("after_revision", &r.after_revision)?
             };
             let slot = self.admit(&caller.name)?;
             // The first read happens before the stream starts, so a revision
             // older than the changelog is an error status, not a stream item.
-            let repo = self.state.repo.clone();
             let (tt, vv) = (t.clone(), vn.clone());
             let (first, upto) = self
                 .state
-                .blocking(move || repo.read_log(&tt, vv.as_ref(), after, PAGE))
-                .await
-                .map_err(st)?;
-            let repo = self.state.repo.clone();
+                .repo.call(move |repo| repo.read_log(&tt, vv.as_ref(), after, PAGE))
+                .await?;
             let state = self.state.clone();
             let send_timeout = self.limits.send_timeout;
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::WatchResponse, Status>>(BUFFERED);
@@ -267,15 +264,15 @@ impl WatchService for WatchApi {
                     } else if *stopping.borrow() || tx.is_closed() {
                         return;
                     }
-                    let (repo2, tt, vv) = (repo.clone(), t.clone(), vn.clone());
-                    match state.blocking(move || repo2.read_log(&tt, vv.as_ref(), after, PAGE)).await {
+                    let (tt, vv) = (t.clone(), vn.clone());
+                    match state.repo.call(move |repo| repo.read_log(&tt, vv.as_ref(), after, PAGE)).await {
                         Ok((b, u)) => {
                             full = b.len() == PAGE;
                             batch = b;
                             upto = u;
                         }
                         Err(e) => {
-                            let _ = tx.send(Err(st(e))).await;
+                            let _ = tx.send(Err(Status::from(e))).await;
                             return;
                         }
                     }

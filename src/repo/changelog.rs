@@ -15,11 +15,11 @@ pub fn append_changelog(tx: &mut dyn Transaction, changes: &[Change]) -> Result<
     }
     for (scope, cs) in by_scope {
         let (key, off) = ks::log_entry(scope.tenant.as_str(), vs(scope.vault.as_ref()));
-        let json = serde_json::to_vec(&cs).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let json = serde_json::to_vec(&cs).map_err(ServiceError::encoding("changelog entry"))?;
         tx.set_versionstamped_key(key, off, &json);
     }
     let (key, off) = ks::feed_entry();
-    let json = serde_json::to_vec(changes).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let json = serde_json::to_vec(changes).map_err(ServiceError::encoding("changelog entry"))?;
     tx.set_versionstamped_key(key, off, &json);
     tx.set_versionstamped_value(&ks::feed_bump(), vec![0xff; 10], 0);
     Ok(())
@@ -151,11 +151,10 @@ impl Repo {
             let read_at = tx.read_version()?;
             let floor = log_floor(tx)?;
             if after + 1 < floor {
-                return Err(ServiceError::FailedPrecondition(format!(
-                    "revision {} is older than the changelog retains (it starts at {}); re-read the current state and watch from its revision",
-                    token(after),
-                    token(floor)
-                )));
+                return Err(ServiceError::RevisionCompacted {
+                    after: token(after),
+                    floor: token(floor),
+                });
             }
             let mut out: Vec<(u64, Vec<Change>)> = Vec::new();
             if v.is_none() {
@@ -163,7 +162,14 @@ impl Repo {
                 // vaults included), merged by version.
                 let begin = ks::root().str("log").str(t.as_str()).into_vec();
                 let (_, end) = tuple::prefix_range(&begin);
-                for (k, val) in tx.range(&begin, &end, RangeOpts { snapshot: true, ..Default::default() })? {
+                for (k, val) in tx.range(
+                    &begin,
+                    &end,
+                    RangeOpts {
+                        snapshot: true,
+                        ..Default::default()
+                    },
+                )? {
                     let ver = key_version(&k)?;
                     if ver > after {
                         let cs: Vec<Change> = serde_json::from_slice(&val).map_err(|e| corrupt(&k, e))?;
@@ -187,14 +193,26 @@ impl Repo {
             }
             let (_, end) = tuple::prefix_range(&ks::log_of_scope(t.as_str(), vs(v)));
             let begin = ks::log_at(t.as_str(), vs(v), after.saturating_add(1));
-            for (k, val) in tx.range(&begin, &end, RangeOpts { limit, snapshot: true, reverse: false })? {
+            for (k, val) in tx.range(
+                &begin,
+                &end,
+                RangeOpts {
+                    limit,
+                    snapshot: true,
+                    reverse: false,
+                },
+            )? {
                 let cs: Vec<Change> = serde_json::from_slice(&val).map_err(|e| corrupt(&k, e))?;
                 out.push((key_version(&k)?, cs));
             }
             // A full page may stop inside a version (several commits of one
             // FoundationDB batch share it): resume at that version, re-applying
             // what was already applied (changes are idempotent).
-            let upto = if limit > 0 && out.len() == limit { out.last().map(|x| x.0).unwrap_or(after) } else { read_at };
+            let upto = if limit > 0 && out.len() == limit {
+                out.last().map(|x| x.0).unwrap_or(after)
+            } else {
+                read_at
+            };
             Ok((out, upto))
         })?;
         Ok(r)

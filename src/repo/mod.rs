@@ -4,10 +4,12 @@
 //! every committed change is appended to.
 //!
 //! All functions are synchronous and retried on conflicts by
-//! [`store::run`]; async callers use a blocking thread.
+//! [`store::run`]; async callers go through [`Repo::call`], which runs them
+//! on the repository's bounded pool.
 
 mod bindings;
 mod changelog;
+mod maintenance;
 mod memberships;
 mod record;
 mod roles;
@@ -25,10 +27,12 @@ use crate::engine::ids::{self, RoleName, Subject, TenantId, VaultName, Violation
 use crate::engine::model::*;
 use crate::engine::validate;
 use crate::error::{Result, ServiceError};
+use crate::pool::Pool;
 use crate::store::{self, RangeOpts, Store, StoreError, Transaction, keyspace as ks, tuple};
 
 pub(crate) use bindings::remove_binding;
 pub use changelog::{FeedEntry, Loaded, append_changelog, key_version, log_floor};
+pub use maintenance::UsageTotals;
 pub use record::CorruptRecord;
 pub(crate) use record::{
     Existing, corrupt, decode, page_of, page_size, page_token_key, range_prefix, read, read_existing, write,
@@ -105,27 +109,23 @@ fn expect_revision(what: &str, expected: Option<u64>, current: Option<u64>) -> R
     match (expected, current) {
         (None, _) => Ok(()),
         (Some(0), None) => Ok(()),
-        (Some(0), Some(c)) => Err(ServiceError::AlreadyExists(format!(
-            "{what} already exists at revision {} (expected_revision \"0\" requires that it does not)",
-            token(c)
-        ))),
+        (Some(0), Some(c)) => Err(ServiceError::AlreadyExists {
+            object: what.to_string(),
+            current: token(c),
+        }),
         (Some(e), Some(c)) if e == c => Ok(()),
-        (Some(e), Some(c)) => Err(ServiceError::Aborted(format!(
-            "{what} is at revision {}, not the expected {}",
-            token(c),
-            token(e)
-        ))),
-        (Some(e), None) => Err(ServiceError::Aborted(format!(
-            "{what} does not exist (expected revision {})",
-            token(e)
-        ))),
+        (Some(e), c) => Err(ServiceError::RevisionMismatch {
+            object: what.to_string(),
+            expected: token(e),
+            current: c.map(token),
+        }),
     }
 }
 
 fn tenant_required(tx: &mut dyn Transaction, t: &TenantId, role: &str) -> Result<Tenant> {
     read::<Tenant>(tx, &ks::tenant(t.as_str()))?
         .map(|(t, _)| t)
-        .ok_or_else(|| ServiceError::TenantMissing {
+        .ok_or_else(|| ServiceError::TenantRequired {
             tenant: t.to_string(),
             needed_by: role.to_string(),
         })
@@ -136,7 +136,7 @@ fn scope_required(tx: &mut dyn Transaction, t: &TenantId, v: Option<&VaultName>,
     if let Some(v) = v
         && tx.get(&ks::vault(t.as_str(), v.as_str()))?.is_none()
     {
-        return Err(ServiceError::VaultMissing {
+        return Err(ServiceError::VaultRequired {
             tenant: t.to_string(),
             vault: v.to_string(),
             needed_by: what.to_string(),
@@ -208,11 +208,26 @@ fn upsert<T: Serialize + PartialEq>(
 
 pub struct Repo {
     pub store: Arc<dyn Store>,
+    /// Bounds the threads store transactions may occupy.
+    pool: Pool,
 }
 
 impl Repo {
     pub fn new(store: Arc<dyn Store>) -> Repo {
-        Repo { store }
+        Repo {
+            store,
+            pool: Pool::new("store", 32, 4096),
+        }
+    }
+
+    /// The one async entry point for store work: runs `f` on a blocking
+    /// thread of the repository's bounded pool.
+    pub async fn call<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Repo) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let me = self.clone();
+        self.pool.run(move || f(&me)).await?
     }
 
     fn run<T>(&self, body: impl FnMut(&mut dyn Transaction) -> Result<T>) -> Result<(T, u64)> {

@@ -133,7 +133,7 @@ pub(crate) fn read<T: DeserializeOwned>(tx: &mut dyn Transaction, key: &[u8]) ->
 }
 
 pub(crate) fn write<T: Serialize>(tx: &mut dyn Transaction, key: &[u8], obj: &T) -> Result<()> {
-    let json = serde_json::to_vec(obj).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let json = serde_json::to_vec(obj).map_err(ServiceError::encoding("record"))?;
     tx.set_versionstamped_value(key, ks::record(&json), 0);
     Ok(())
 }

@@ -39,8 +39,10 @@ impl Repo {
 
     pub fn get_role(&self, t: &TenantId, v: Option<&VaultName>, name: &RoleName) -> Result<(Role, u64)> {
         let (r, _) = self.run(|tx| {
-            read::<Role>(tx, &ks::role(t.as_str(), vs(v), name.as_str()))?
-                .ok_or_else(|| ServiceError::NotFound(format!("role {name} not found in {}", scope_of(t, v))))
+            read::<Role>(tx, &ks::role(t.as_str(), vs(v), name.as_str()))?.ok_or_else(|| ServiceError::RoleNotFound {
+                scope: scope_of(t, v).to_string(),
+                role: name.to_string(),
+            })
         })?;
         Ok(r)
     }
@@ -71,10 +73,10 @@ impl Repo {
             let key = ks::role(t.as_str(), vs(v), name.as_str());
             let existing = read_existing::<Role>(tx, &key)?;
             if !existing.exists() {
-                return Err(ServiceError::NotFound(format!(
-                    "role {name} not found in {}",
-                    scope_of(t, v)
-                )));
+                return Err(ServiceError::RoleNotFound {
+                    scope: scope_of(t, v).to_string(),
+                    role: name.to_string(),
+                });
             }
             expect_revision(&format!("role {name}"), expected, existing.revision())?;
             tx.clear(&key);

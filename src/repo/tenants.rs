@@ -81,7 +81,7 @@ impl Repo {
             if let Some(p) = t.id.parent()
                 && tx.get(&ks::tenant(p.as_str()))?.is_none()
             {
-                return Err(ServiceError::TenantMissing {
+                return Err(ServiceError::TenantRequired {
                     tenant: p.to_string(),
                     needed_by: format!("child {}", t.id),
                 });
@@ -104,7 +104,7 @@ impl Repo {
             let found = read::<Tenant>(tx, &ks::tenant(id.as_str()))?;
             match found {
                 Some((t, rev)) => Ok((t, rev, usage(tx, id.as_str())?)),
-                None => Err(ServiceError::NotFound(format!("tenant {id} not found"))),
+                None => Err(ServiceError::TenantNotFound { tenant: id.to_string() }),
             }
         })?;
         Ok(r)
@@ -174,7 +174,7 @@ impl Repo {
             let key = ks::tenant(id.as_str());
             let existing = read_existing::<Tenant>(tx, &key)?;
             if !existing.exists() {
-                return Err(ServiceError::NotFound(format!("tenant {id} not found")));
+                return Err(ServiceError::TenantNotFound { tenant: id.to_string() });
             }
             if let Some(c) = confinement {
                 c.check(tx, None, id, &existing)?;
@@ -194,10 +194,10 @@ impl Repo {
                         });
                     }
                 }
-                return Err(ServiceError::FailedPrecondition(format!(
-                    "tenant {id} still has dependents ({}); delete them first",
-                    names.join(", ")
-                )));
+                return Err(ServiceError::DependentsExist {
+                    object: format!("tenant {id}"),
+                    dependents: names,
+                });
             }
             self.clear_scope(tx, id, None)?;
             tx.clear(&key);

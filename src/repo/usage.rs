@@ -63,7 +63,7 @@ pub(crate) fn limit_of(l: &Limits, kind: &str) -> u32 {
 pub(crate) fn check_limits(
     tx: &mut dyn Transaction,
     t: &TenantId,
-    kind: &str,
+    kind: &'static str,
     adding: u64,
     ancestors_only: bool,
 ) -> Result<()> {
@@ -85,9 +85,14 @@ pub(crate) fn check_limits(
             } else {
                 format!("tenant {a} (an ancestor of {t}, whose limits bound its whole subtree)")
             };
-            return Err(ServiceError::ResourceExhausted(format!(
-                "{whose} may hold at most {max} {kind} (limits.max_{kind}); it holds {have} and this write adds {adding}"
-            )));
+            return Err(ServiceError::LimitExceeded {
+                tenant: a.to_string(),
+                whose,
+                kind,
+                max,
+                holds: have,
+                adding,
+            });
         }
     }
     Ok(())

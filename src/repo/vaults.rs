@@ -26,8 +26,10 @@ impl Repo {
 
     pub fn get_vault(&self, t: &TenantId, name: &VaultName) -> Result<(Vault, u64)> {
         let (r, _) = self.run(|tx| {
-            read::<Vault>(tx, &ks::vault(t.as_str(), name.as_str()))?
-                .ok_or_else(|| ServiceError::NotFound(format!("vault {name} not found in tenant {t}")))
+            read::<Vault>(tx, &ks::vault(t.as_str(), name.as_str()))?.ok_or_else(|| ServiceError::VaultNotFound {
+                tenant: t.to_string(),
+                vault: name.to_string(),
+            })
         })?;
         Ok(r)
     }
@@ -46,7 +48,10 @@ impl Repo {
             let key = ks::vault(t.as_str(), name.as_str());
             let existing = read_existing::<Vault>(tx, &key)?;
             if !existing.exists() {
-                return Err(ServiceError::NotFound(format!("vault {name} not found in tenant {t}")));
+                return Err(ServiceError::VaultNotFound {
+                    tenant: t.to_string(),
+                    vault: name.to_string(),
+                });
             }
             expect_revision(&format!("vault {name} in tenant {t}"), expected, existing.revision())?;
             self.clear_scope(tx, t, Some(name))?;
@@ -67,8 +72,12 @@ impl Repo {
     /// and memberships.
     pub fn export_vault(&self, t: &TenantId, name: &VaultName) -> Result<(VaultExport, u64)> {
         let (r, version) = self.run(|tx| {
-            let (vault, _) = read::<Vault>(tx, &ks::vault(t.as_str(), name.as_str()))?
-                .ok_or_else(|| ServiceError::NotFound(format!("vault {name} not found in tenant {t}")))?;
+            let (vault, _) = read::<Vault>(tx, &ks::vault(t.as_str(), name.as_str()))?.ok_or_else(|| {
+                ServiceError::VaultNotFound {
+                    tenant: t.to_string(),
+                    vault: name.to_string(),
+                }
+            })?;
             let v = Some(name.as_str());
             let mut out = VaultExport {
                 vault,

@@ -61,6 +61,10 @@ pub fn vault(t: &str, name: &str) -> Vec<u8> {
 pub fn vaults(t: &str) -> Vec<u8> {
     root().str("v").str(t).into_vec()
 }
+/// Prefix of every vault of every tenant.
+pub fn all_vaults() -> Vec<u8> {
+    root().str("v").into_vec()
+}
 pub fn role(t: &str, vault: Option<&str>, name: &str) -> Vec<u8> {
     root().str("r").str(t).str(v(vault)).str(name).into_vec()
 }

@@ -147,21 +147,6 @@ pub fn run<T, E: TxError>(
     }
 }
 
-/// [`run`] on a blocking thread, for async callers.
-pub async fn run_blocking<T, E>(
-    store: Arc<dyn Store>,
-    body: impl FnMut(&mut dyn Transaction) -> Result<T, E> + Send + 'static,
-) -> Result<(T, u64), E>
-where
-    T: Send + 'static,
-    E: TxError + Send + 'static,
-{
-    match tokio::task::spawn_blocking(move || run(&*store, body)).await {
-        Ok(r) => r,
-        Err(e) => Err(E::from(StoreError::Io(format!("transaction task failed: {e}")))),
-    }
-}
-
 /// Which backend to open.
 #[derive(Clone)]
 pub enum Backend {

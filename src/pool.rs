@@ -7,8 +7,9 @@
 //! RESOURCE_EXHAUSTED and a `RetryInfo`. CheckPermission itself never
 //! waits here, so a flood of lookups leaves checks their threads.
 //!
-//! Store transactions use a second, larger pool, so a write storm cannot
-//! grow the process to hundreds of threads either.
+//! Store transactions use a second, larger pool owned by the repository
+//! ([`crate::repo::Repo::call`]), so a write storm cannot grow the process
+//! to hundreds of threads either.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,7 +65,7 @@ impl Pool {
                     .clone()
                     .acquire_owned()
                     .await
-                    .map_err(|_| ServiceError::Unavailable("the server is shutting down".into()))?
+                    .map_err(|_| ServiceError::ShuttingDown)?
             }
         };
         tokio::task::spawn_blocking(move || {
@@ -72,29 +73,15 @@ impl Pool {
             f()
         })
         .await
-        .map_err(|e| ServiceError::Internal(format!("worker task failed: {e}")))
+        .map_err(|e| ServiceError::WorkerFailed { detail: e.to_string() })
     }
 }
 
-/// The server's pools.
-pub struct Pools {
-    pub expensive: Pool,
-    pub store: Pool,
-}
-
-impl Pools {
-    pub fn new(expensive_concurrency: usize, expensive_queue: usize) -> Pools {
-        Pools {
-            expensive: Pool::new("expensive", expensive_concurrency, expensive_queue),
-            store: Pool::new("store", 32, 4096),
-        }
-    }
-}
-
-impl Default for Pools {
+/// The pool for expensive reads: half the cores, 64 waiting.
+impl Default for Pool {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Pools::new((cores / 2).max(1), 64)
+        Pool::new("expensive", (cores / 2).max(1), 64)
     }
 }
 
