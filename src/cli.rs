@@ -7,11 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use portcullis_client::{Client, Config};
 use portcullis_proto::v1 as pb;
-use portcullis_proto::v1::admin_service_client::AdminServiceClient;
-use portcullis_proto::v1::permission_service_client::PermissionServiceClient;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::api::auth::Keys;
 use crate::api::convert;
@@ -204,6 +201,12 @@ pub struct ClientArgs {
     /// CA certificate (PEM) to verify an https endpoint with.
     #[arg(long, env = "PORTCULLIS_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS.
+    #[arg(long, env = "PORTCULLIS_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "PORTCULLIS_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -266,49 +269,20 @@ pub struct ExportArgs {
     pub output: Option<PathBuf>,
 }
 
-#[derive(Clone)]
-pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
+fn read_file(p: &PathBuf) -> Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
 }
 
-pub type Authed = InterceptedService<Channel, Bearer>;
-
-pub async fn connect(c: &ClientArgs) -> Result<(Channel, Bearer)> {
-    let mut endpoint = Endpoint::from_shared(c.endpoint.clone())
-        .with_context(|| format!("invalid endpoint {}", c.endpoint))?
-        .connect_timeout(Duration::from_secs(5));
+/// Connects with the client flags.
+pub async fn connect(c: &ClientArgs) -> Result<Client> {
+    let mut config = Config::new(c.endpoint.clone()).optional_token(c.token.clone());
     if let Some(ca) = &c.ca_cert {
-        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
-        endpoint = endpoint
-            .tls_config(
-                tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)),
-            )
-            .context("TLS configuration")?;
+        config = config.ca_certificate(read_file(ca)?);
     }
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", c.endpoint))?;
-    let bearer = Bearer(match &c.token {
-        Some(t) => Some(
-            format!("Bearer {t}")
-                .parse()
-                .context("the token must be printable ASCII")?,
-        ),
-        None => None,
-    });
-    Ok((channel, bearer))
-}
-
-fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+    if let (Some(cert), Some(key)) = (&c.client_cert, &c.client_key) {
+        config = config.client_identity(read_file(cert)?, read_file(key)?);
+    }
+    Ok(config.connect().await?)
 }
 
 fn read_input(p: &PathBuf) -> Result<String> {
@@ -355,14 +329,14 @@ pub async fn run(cli: Cli) -> Result<()> {
 }
 
 async fn health(c: ClientArgs, service: String) -> Result<()> {
-    let (ch, _) = connect(&c).await?;
-    let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+    let client = connect(&c).await?;
+    let mut h = tonic_health::pb::health_client::HealthClient::new(client.channel());
     let status = h
         .check(tonic_health::pb::HealthCheckRequest {
             service: service.clone(),
         })
         .await
-        .map_err(status_err)?
+        .map_err(portcullis_client::Error::from)?
         .into_inner()
         .status;
     let serving = status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
@@ -376,8 +350,7 @@ async fn health(c: ClientArgs, service: String) -> Result<()> {
 }
 
 async fn check(a: CheckArgs) -> Result<()> {
-    let (ch, bearer) = connect(&a.client).await?;
-    let mut client = PermissionServiceClient::with_interceptor(ch, bearer);
+    let client = connect(&a.client).await?;
     let context = match &a.context {
         Some(j) => {
             let v: serde_json::Value = serde_json::from_str(j).context("--context must be a JSON object")?;
@@ -402,9 +375,7 @@ async fn check(a: CheckArgs) -> Result<()> {
             consistency,
             explain: a.explain,
         })
-        .await
-        .map_err(status_err)?
-        .into_inner();
+        .await?;
     let decision = pb::Decision::try_from(resp.decision)
         .map(|d| d.as_str_name())
         .unwrap_or("?");
@@ -450,209 +421,13 @@ async fn check(a: CheckArgs) -> Result<()> {
     Ok(())
 }
 
-/// Applies documents in dependency order: tenants (parents first), vaults,
-/// roles, then bindings and memberships.
-pub async fn apply_documents(client: &mut AdminServiceClient<Authed>, docs: &[Document]) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut tenants: Vec<&Document> = docs.iter().filter(|d| matches!(d, Document::Tenant { .. })).collect();
-    tenants.sort_by_key(|d| match d {
-        Document::Tenant { metadata, .. } => metadata.name.matches('.').count(),
-        _ => 0,
-    });
-    let labels = Labels::new();
-    for d in tenants {
-        let Document::Tenant { metadata, spec, .. } = d else {
-            continue;
-        };
-        let t = manifest::tenant_of(&metadata.name, spec, &labels)
-            .map_err(|e| anyhow::anyhow!("Tenant {}: {e}", metadata.name))?;
-        let r = client
-            .apply_tenant(pb::ApplyTenantRequest {
-                tenant: Some(convert::tenant_to(&t, 0, None)),
-                expected_revision: String::new(),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("Tenant {}: {}", metadata.name, status_err(s)))?
-            .into_inner();
-        out.push(format!(
-            "tenant {} {} at {}",
-            t.id,
-            if r.changed { "applied" } else { "unchanged" },
-            r.revision
-        ));
-    }
-    for d in docs {
-        let Document::Vault { metadata, spec, .. } = d else {
-            continue;
-        };
-        let vault = pb::Vault {
-            tenant: manifest::tenant_id_of_name(&spec.tenant),
-            name: metadata.name.clone(),
-            display_name: spec.display_name.clone(),
-            labels: Default::default(),
-            revision: String::new(),
-        };
-        let r = client
-            .apply_vault(pb::ApplyVaultRequest {
-                vault: Some(vault),
-                expected_revision: String::new(),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("Vault {}: {}", metadata.name, status_err(s)))?
-            .into_inner();
-        out.push(format!(
-            "vault {} {} at {}",
-            metadata.name,
-            if r.changed { "applied" } else { "unchanged" },
-            r.revision
-        ));
-    }
-    for d in docs {
-        let Document::Role { metadata, spec, .. } = d else {
-            continue;
-        };
-        let role = manifest::role_of(&metadata.name, spec, &labels)
-            .map_err(|e| anyhow::anyhow!("Role {}: {e}", metadata.name))?;
-        let r = client
-            .apply_role(pb::ApplyRoleRequest {
-                role: Some(convert::role_to(&role, 0)),
-                expected_revision: String::new(),
-            })
-            .await
-            .map_err(|s| anyhow::anyhow!("Role {}: {}", metadata.name, status_err(s)))?
-            .into_inner();
-        out.push(format!(
-            "role {} {} at {}",
-            role.name,
-            if r.changed { "applied" } else { "unchanged" },
-            r.revision
-        ));
-    }
-    // Bindings and memberships, grouped by scope.
-    let mut bindings: Vec<(String, String, Vec<pb::Binding>)> = Vec::new();
-    let mut memberships: Vec<(String, String, Vec<pb::Membership>)> = Vec::new();
-    let mut add_b =
-        |t: String, v: String, b: pb::Binding| match bindings.iter_mut().find(|(a, c, _)| *a == t && *c == v) {
-            Some((_, _, l)) => l.push(b),
-            None => bindings.push((t, v, vec![b])),
-        };
-    let mut add_m =
-        |t: String, v: String, m: pb::Membership| match memberships.iter_mut().find(|(a, c, _)| *a == t && *c == v) {
-            Some((_, _, l)) => l.push(m),
-            None => memberships.push((t, v, vec![m])),
-        };
-    for d in docs {
-        match d {
-            Document::Vault { metadata, spec, .. } => {
-                let tid = TenantId::parse(&manifest::tenant_id_of_name(&spec.tenant))
-                    .map_err(|e| anyhow::anyhow!("Vault {}: spec.tenant: {e}", metadata.name))?;
-                let vn = VaultName::parse(&metadata.name)
-                    .map_err(|e| anyhow::anyhow!("Vault {}: metadata.name: {e}", metadata.name))?;
-                for (i, b) in spec.bindings.iter().enumerate() {
-                    let b =
-                        manifest::binding_of(&format!("spec.bindings[{i}]"), &tid, Some(&vn), b, Source::Api, &labels)
-                            .map_err(|e| anyhow::anyhow!("Vault {}: {e}", metadata.name))?;
-                    add_b(tid.to_string(), vn.to_string(), convert::binding_to(&b));
-                }
-                for (i, m) in spec.memberships.iter().enumerate() {
-                    for m in
-                        manifest::memberships_of(&format!("spec.memberships[{i}]"), &tid, Some(&vn), m, Source::Api)
-                            .map_err(|e| anyhow::anyhow!("Vault {}: {e}", metadata.name))?
-                    {
-                        add_m(tid.to_string(), vn.to_string(), convert::membership_to(&m));
-                    }
-                }
-            }
-            Document::Binding { spec, .. } => {
-                let tid = TenantId::parse(&manifest::tenant_id_of_name(&spec.tenant))
-                    .map_err(|e| anyhow::anyhow!("Binding: spec.tenant: {e}"))?;
-                let vn = spec
-                    .vault
-                    .as_deref()
-                    .filter(|v| !v.is_empty())
-                    .map(VaultName::parse)
-                    .transpose()
-                    .map_err(|e| anyhow::anyhow!("Binding: spec.vault: {e}"))?;
-                let b = manifest::binding_of("spec", &tid, vn.as_ref(), &spec.binding, Source::Api, &labels)
-                    .map_err(|e| anyhow::anyhow!("Binding: {e}"))?;
-                add_b(
-                    tid.to_string(),
-                    vn.map(|v| v.to_string()).unwrap_or_default(),
-                    convert::binding_to(&b),
-                );
-            }
-            Document::Membership { spec, .. } => {
-                let tid = TenantId::parse(&manifest::tenant_id_of_name(&spec.tenant))
-                    .map_err(|e| anyhow::anyhow!("Membership: spec.tenant: {e}"))?;
-                let vn = spec
-                    .vault
-                    .as_deref()
-                    .filter(|v| !v.is_empty())
-                    .map(VaultName::parse)
-                    .transpose()
-                    .map_err(|e| anyhow::anyhow!("Membership: spec.vault: {e}"))?;
-                for m in manifest::memberships_of("spec", &tid, vn.as_ref(), &spec.membership, Source::Api)
-                    .map_err(|e| anyhow::anyhow!("Membership: {e}"))?
-                {
-                    add_m(
-                        tid.to_string(),
-                        vn.as_ref().map(|v| v.to_string()).unwrap_or_default(),
-                        convert::membership_to(&m),
-                    );
-                }
-            }
-            _ => {}
-        }
-    }
-    for (t, v, list) in memberships {
-        for chunk in list.chunks(crate::repo::MAX_WRITE_BATCH) {
-            let r = client
-                .write_memberships(pb::WriteMembershipsRequest {
-                    tenant: t.clone(),
-                    vault: v.clone(),
-                    upserts: chunk.to_vec(),
-                    deletes: vec![],
-                    replace_source: 0,
-                })
-                .await
-                .map_err(status_err)?
-                .into_inner();
-            out.push(format!(
-                "{} memberships in {t}:{v} written at {}",
-                r.upserted, r.written_at
-            ));
-        }
-    }
-    for (t, v, list) in bindings {
-        for chunk in list.chunks(crate::repo::MAX_WRITE_BATCH) {
-            let r = client
-                .write_bindings(pb::WriteBindingsRequest {
-                    tenant: t.clone(),
-                    vault: v.clone(),
-                    upserts: chunk.to_vec(),
-                    deletes: vec![],
-                    replace_source: 0,
-                })
-                .await
-                .map_err(status_err)?
-                .into_inner();
-            let scope = if v.is_empty() { t.clone() } else { format!("{t}:{v}") };
-            out.push(format!(
-                "{} bindings in {scope} written at {}",
-                r.upserted, r.written_at
-            ));
-        }
-    }
-    Ok(out)
-}
-
 async fn apply(a: ApplyArgs) -> Result<()> {
     let text = read_input(&a.file)?;
     let docs = manifest::parse_documents(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.file.display()))?;
-    let (ch, bearer) = connect(&a.client).await?;
-    let mut client = AdminServiceClient::with_interceptor(ch, bearer);
-    for line in apply_documents(&mut client, &docs).await? {
-        println!("{line}");
+    let writes = manifest::writes_of(&docs)?;
+    let client = connect(&a.client).await?;
+    for applied in client.apply(&writes).await? {
+        println!("{applied}");
     }
     Ok(())
 }
@@ -690,8 +465,7 @@ async fn import(a: ImportArgs) -> Result<()> {
             _ => {}
         }
     }
-    let (ch, bearer) = connect(&a.client).await?;
-    let mut client = AdminServiceClient::with_interceptor(ch, bearer);
+    let mut client = connect(&a.client).await?.admin();
     let (tenant, vault) = (a.tenant.clone(), a.vault.clone());
     let stream = tokio_stream::iter(
         items
@@ -703,7 +477,11 @@ async fn import(a: ImportArgs) -> Result<()> {
                 item: Some(item),
             }),
     );
-    let r = client.import_vault(stream).await.map_err(status_err)?.into_inner();
+    let r = client
+        .import_vault(stream)
+        .await
+        .map_err(portcullis_client::Error::from)?
+        .into_inner();
     println!(
         "imported {} roles, {} bindings, {} memberships at {}",
         r.roles, r.bindings, r.memberships, r.written_at
@@ -713,21 +491,20 @@ async fn import(a: ImportArgs) -> Result<()> {
 
 async fn export(a: ExportArgs) -> Result<()> {
     use tokio_stream::StreamExt;
-    let (ch, bearer) = connect(&a.client).await?;
-    let mut client = AdminServiceClient::with_interceptor(ch, bearer);
+    let mut client = connect(&a.client).await?.admin();
     let mut stream = client
         .export_vault(pb::ExportVaultRequest {
             tenant: a.tenant.clone(),
             vault: a.vault.clone(),
         })
         .await
-        .map_err(status_err)?
+        .map_err(portcullis_client::Error::from)?
         .into_inner();
     let mut docs = Vec::new();
     let tenant_name = manifest::tenant_name_of_id(&a.tenant);
     let mut revision = String::new();
     while let Some(item) = stream.next().await {
-        let item = item.map_err(status_err)?;
+        let item = item.map_err(portcullis_client::Error::from)?;
         revision = item.revision.clone();
         use pb::export_vault_response::Item;
         match item.item {

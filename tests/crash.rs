@@ -43,7 +43,7 @@ async fn wait_ready(port: u16) -> Admin {
             if serving {
                 return portcullis_proto::v1::admin_service_client::AdminServiceClient::with_interceptor(
                     ep,
-                    Bearer(None),
+                    Bearer::none(),
                 );
             }
         }

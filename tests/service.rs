@@ -645,7 +645,7 @@ async fn authentication_scopes_and_tenant_confinement() {
         listed.tenants.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
         ["acme/eng"]
     );
-    let mut w = WatchServiceClient::with_interceptor(channel(srv.addr).await, Bearer(Some("check-secret".into())));
+    let mut w = WatchServiceClient::with_interceptor(channel(srv.addr).await, bearer(Some("check-secret")));
     let e = w
         .watch(pb::WatchRequest {
             tenant: "acme".into(),

@@ -40,18 +40,7 @@ fn yaml_str<'a>(v: &'a serde_yaml::Value, path: &[&str]) -> &'a str {
     cur.as_str().unwrap_or_else(|| panic!("{path:?} missing"))
 }
 
-type Perm = PermissionServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
-
-#[derive(Clone)]
-struct Bearer(String);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {}", self.0).parse().expect("ascii"));
-        Ok(req)
-    }
-}
+type Perm = PermissionServiceClient<portcullis_client::Authed>;
 
 async fn check(
     p: &mut Perm,
@@ -280,7 +269,10 @@ async fn the_bundle_as_a_user_runs_it() {
         .connect()
         .await
         .unwrap();
-    let mut p: Perm = PermissionServiceClient::with_interceptor(channel, Bearer(operator_key.clone()));
+    let mut p: Perm = PermissionServiceClient::with_interceptor(
+        channel,
+        portcullis_client::Bearer::new(&operator_key).expect("printable key"),
+    );
     let platform = ("acme/eng/platform", "docs");
     use pb::Reason::*;
     let cases: &[(&str, &str, &str, pb::Reason)] = &[

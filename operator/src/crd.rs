@@ -12,6 +12,8 @@ use portcullis::manifest::{BindingSpec, LimitsSpec, MembershipSpec, StatementSpe
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::reason::Reason;
+
 pub const GROUP: &str = "portcullis.dev";
 
 /// Some API servers (the 1.20 one the tests use among them) read an empty
@@ -136,6 +138,11 @@ pub struct RoleSpec {
     pub inherits: Vec<String>,
 }
 
+/// The `reason` field's documentation: every reason, from [`Reason`]'s docs.
+fn reason_doc(schema: &mut schemars::Schema) {
+    schema.insert("description".into(), Reason::field_doc().into());
+}
+
 /// A condition, following the Kubernetes API conventions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -145,7 +152,8 @@ pub struct Condition {
     pub type_: String,
     /// `True`, `False` or `Unknown`.
     pub status: String,
-    /// A CamelCase reason: Applied, NamespaceNotAllowed, TenantNotFound, VaultNotFound, InvalidSpec, Conflict, ServiceUnavailable, DependentsExist, Deleting.
+    /// Why the condition has its status (the list of reasons is generated from the operator's `Reason`).
+    #[schemars(transform = reason_doc)]
     pub reason: String,
     /// A human-readable message.
     #[serde(default, skip_serializing_if = "String::is_empty")]

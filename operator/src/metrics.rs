@@ -12,6 +12,8 @@ pub struct Metrics {
     pub registry: Registry,
     pub reconciles: IntCounterVec,
     pub errors: IntCounterVec,
+    /// Reconciles that failed (the Kubernetes API, a waiting deletion), by kind and error.
+    pub failures: IntCounterVec,
     pub duration: HistogramVec,
     pub leader: IntGauge,
 }
@@ -38,6 +40,14 @@ impl Metrics {
             &["kind", "reason"],
         )
         .expect("valid metric");
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "portcullis_operator_reconcile_failures_total",
+                "Reconciliations that failed and were retried, by kind and error.",
+            ),
+            &["kind", "error"],
+        )
+        .expect("valid metric");
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "portcullis_operator_reconcile_duration_seconds",
@@ -54,6 +64,7 @@ impl Metrics {
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(errors.clone()),
+            Box::new(failures.clone()),
             Box::new(duration.clone()),
             Box::new(leader.clone()),
         ] {
@@ -63,6 +74,7 @@ impl Metrics {
             registry,
             reconciles,
             errors,
+            failures,
             duration,
             leader,
         }

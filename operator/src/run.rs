@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, watch};
 use crate::crd::{Role, Tenant, Vault};
 use crate::metrics::{self, Metrics};
 use crate::reconcile::{self, Ctx};
-use crate::service::Service;
+use portcullis_client::Client as Service;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -43,7 +43,7 @@ pub enum RunError {
     #[error("cannot reach the Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error(transparent)]
-    Connect(#[from] crate::service::ConnectError),
+    Connect(#[from] portcullis_client::Error),
     #[error("leader election: {0}")]
     Lease(String),
     #[error("metrics listener: {0}")]
@@ -173,9 +173,8 @@ async fn watch_drift(
 ) {
     let mut known: Option<String> = None;
     loop {
-        let mut d = service.diagnostics.clone();
-        if let Ok(info) = d.get_server_info(pb::GetServerInfoRequest {}).await {
-            let id = info.into_inner().store_id;
+        if let Ok(info) = service.get_server_info(pb::GetServerInfoRequest {}).await {
+            let id = info.store_id;
             if known.as_ref().is_some_and(|k| *k != id) {
                 tracing::warn!(store_id = %id, "Portcullis has a different store than before (its data was lost or replaced); re-applying everything");
                 let _ = resync_all.send(());
@@ -191,7 +190,11 @@ async fn watch_drift(
 
 /// Starts the operator: endpoints at once, controllers while leading.
 pub async fn start(client: Client, opts: Options) -> Result<Running, RunError> {
-    let service = Service::connect_lazy(&opts.endpoint, opts.token.as_deref())?;
+    let service = portcullis_client::Config::new(opts.endpoint.clone())
+        .optional_token(opts.token.clone())
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30))
+        .connect_lazy()?;
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
     let metrics_addr = metrics::serve(opts.metrics_listen, metrics.clone(), ready.clone())

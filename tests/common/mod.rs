@@ -5,26 +5,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use portcullis::server::{Running, ServeOptions};
+use portcullis_client::Authed;
+pub use portcullis_client::Bearer;
 use portcullis_proto::v1 as pb;
 use portcullis_proto::v1::admin_service_client::AdminServiceClient;
 use portcullis_proto::v1::permission_service_client::PermissionServiceClient;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-pub type Admin = AdminServiceClient<InterceptedService<Channel, Bearer>>;
-pub type Perm = PermissionServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Admin = AdminServiceClient<Authed>;
+pub type Perm = PermissionServiceClient<Authed>;
 
-#[derive(Clone)]
-pub struct Bearer(pub Option<String>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(t) = &self.0 {
-            req.metadata_mut()
-                .insert("authorization", format!("Bearer {t}").parse().unwrap());
-        }
-        Ok(req)
-    }
+pub fn bearer(token: Option<&str>) -> Bearer {
+    Bearer::optional(token).expect("printable key")
 }
 
 pub async fn start(opts: ServeOptions) -> Running {
@@ -44,11 +36,11 @@ pub async fn channel(addr: SocketAddr) -> Channel {
 }
 
 pub async fn admin(addr: SocketAddr, token: Option<&str>) -> Admin {
-    AdminServiceClient::with_interceptor(channel(addr).await, Bearer(token.map(str::to_string)))
+    AdminServiceClient::with_interceptor(channel(addr).await, bearer(token))
 }
 
 pub async fn perm(addr: SocketAddr, token: Option<&str>) -> Perm {
-    PermissionServiceClient::with_interceptor(channel(addr).await, Bearer(token.map(str::to_string)))
+    PermissionServiceClient::with_interceptor(channel(addr).await, bearer(token))
 }
 
 pub fn tenant(id: &str) -> pb::Tenant {

@@ -12,6 +12,8 @@
 //! A Tenant's name is its id with `/` written as `.` (`acme.eng` is tenant
 //! `acme/eng`), since Kubernetes names cannot hold `/`.
 
+mod writes;
+
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
@@ -20,6 +22,8 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::ids::*;
 use crate::engine::model::*;
+
+pub use writes::{DocumentError, vault_of, writes_of};
 
 pub const API_VERSION: &str = "portcullis.dev/v1alpha1";
 
