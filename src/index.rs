@@ -21,7 +21,7 @@ use crate::engine::Engine;
 use crate::engine::model::Change;
 use crate::error::{Result, ServiceError};
 use crate::repo::{CorruptRecord, Repo, token};
-use crate::telemetry;
+use crate::telemetry::Metrics;
 
 const FEED_PAGE: usize = 1000;
 /// A missed notification (another replica's commit on a shared store) is
@@ -33,6 +33,8 @@ pub struct LiveIndex {
     /// retention and had to reload.
     engine: ArcSwap<Engine>,
     repo: Arc<Repo>,
+    /// The repository's, which are the server's.
+    metrics: Arc<Metrics>,
     caught_up: watch::Sender<u64>,
     /// The tenants' rate-limit buckets, following their limits.
     pub limits: crate::api::ratelimit::TenantLimits,
@@ -45,10 +47,12 @@ pub struct LiveIndex {
 impl LiveIndex {
     /// Loads everything from the store (blocking).
     pub fn load(repo: Arc<Repo>) -> Result<Arc<LiveIndex>> {
-        let (engine, version) = Self::build(&repo)?;
+        let metrics = repo.metrics().clone();
+        let (engine, version) = Self::build(&repo, &metrics)?;
         let index = Arc::new(LiveIndex {
             engine: ArcSwap::from_pointee(engine),
             repo,
+            metrics,
             caught_up: watch::channel(version).0,
             limits: Default::default(),
             behind_since: std::sync::Mutex::new(None),
@@ -59,14 +63,14 @@ impl LiveIndex {
         Ok(index)
     }
 
-    fn build(repo: &Repo) -> Result<(Engine, u64)> {
+    fn build(repo: &Repo, metrics: &Metrics) -> Result<(Engine, u64)> {
         let loaded = repo.load_all()?;
         let engine = Engine::new();
         engine.apply(loaded.version, &loaded.changes);
         for c in &loaded.corrupt {
-            quarantine(&engine, c);
+            quarantine(&engine, metrics, c);
         }
-        telemetry::INDEX_REVISION.set(loaded.version as i64);
+        metrics.index_revision.set(loaded.version as i64);
         tracing::info!(
             revision = loaded.version,
             objects = loaded.changes.len(),
@@ -101,7 +105,7 @@ impl LiveIndex {
                     revision = from,
                     "the changelog was compacted past this replica's index; reloading"
                 );
-                let (engine, version) = Self::build(&self.repo)?;
+                let (engine, version) = Self::build(&self.repo, &self.metrics)?;
                 self.limits.update(&engine.rate_limited_tenants());
                 self.engine.store(Arc::new(engine));
                 self.caught_up.send_replace(version);
@@ -117,9 +121,9 @@ impl LiveIndex {
             });
             for e in &entries {
                 engine.apply(e.version, &e.changes);
-                repaired(&engine, &e.changes);
+                repaired(&engine, &self.metrics, &e.changes);
                 for c in &e.corrupt {
-                    quarantine(&engine, c);
+                    quarantine(&engine, &self.metrics, c);
                 }
             }
             if tenants_changed {
@@ -135,7 +139,7 @@ impl LiveIndex {
                     false
                 }
             });
-            telemetry::INDEX_REVISION.set(upto as i64);
+            self.metrics.index_revision.set(upto as i64);
             if !full {
                 return Ok(upto);
             }
@@ -168,7 +172,7 @@ impl LiveIndex {
         tokio::spawn(async move {
             loop {
                 let known = *commits.borrow_and_update();
-                telemetry::STORE_REVISION.set(known as i64);
+                me.metrics.store_revision.set(known as i64);
                 if known > me.revision() {
                     let m = me.clone();
                     if let Err(e) = me.repo.call(move |_| m.catch_up()).await {
@@ -176,7 +180,7 @@ impl LiveIndex {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
-                telemetry::INDEX_LAG.set(known.saturating_sub(me.revision()) as i64);
+                me.metrics.index_lag.set(known.saturating_sub(me.revision()) as i64);
                 me.note_lag(known);
                 tokio::select! {
                     _ = commits.changed() => {}
@@ -207,8 +211,8 @@ impl LiveIndex {
     }
 }
 
-fn quarantine(engine: &Engine, c: &CorruptRecord) {
-    telemetry::INDEX_CORRUPT.inc();
+fn quarantine(engine: &Engine, metrics: &Metrics, c: &CorruptRecord) {
+    metrics.index_corrupt.inc();
     match &c.scope {
         Some(scope) => {
             tracing::error!(scope = %scope, object = %c.object, error = %c.detail, "a stored record cannot be read; its scope is quarantined until it is overwritten or deleted");
@@ -220,15 +224,15 @@ fn quarantine(engine: &Engine, c: &CorruptRecord) {
             tracing::error!(object = %c.object, error = %c.detail, "a stored change cannot be read and names no scope; skipped")
         }
     }
-    telemetry::INDEX_QUARANTINED.set(engine.quarantined().scopes.len() as i64);
+    metrics.index_quarantined.set(engine.quarantined().scopes.len() as i64);
 }
 
-fn repaired(engine: &Engine, changes: &[Change]) {
+fn repaired(engine: &Engine, metrics: &Metrics, changes: &[Change]) {
     if engine.quarantined().scopes.is_empty() {
         return;
     }
     for c in changes {
         engine.repaired(&c.scope(), &c.object());
     }
-    telemetry::INDEX_QUARANTINED.set(engine.quarantined().scopes.len() as i64);
+    metrics.index_quarantined.set(engine.quarantined().scopes.len() as i64);
 }

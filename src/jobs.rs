@@ -24,7 +24,7 @@ use crate::error::{Result, ServiceError};
 use crate::index::LiveIndex;
 use crate::lease::{LEASE, LeaderStatus, acquire, release};
 use crate::repo::{self, Repo, UsageTotals};
-use crate::telemetry;
+use crate::telemetry::Metrics;
 
 #[derive(Debug, Clone)]
 pub struct JobOptions {
@@ -137,20 +137,24 @@ impl Job {
 }
 
 /// Publishes the totals of a usage run.
-fn publish_usage(totals: &UsageTotals) {
-    telemetry::TENANT_USAGE
+fn publish_usage(metrics: &Metrics, totals: &UsageTotals) {
+    metrics
+        .tenant_usage
         .with_label_values(&["tenants"])
         .set(totals.tenants as i64);
-    telemetry::TENANT_USAGE
+    metrics
+        .tenant_usage
         .with_label_values(&["vaults"])
         .set(totals.vaults as i64);
-    telemetry::TENANT_USAGE
+    metrics
+        .tenant_usage
         .with_label_values(&["roles"])
         .set(totals.roles as i64);
-    telemetry::TENANT_USAGE
+    metrics
+        .tenant_usage
         .with_label_values(&["bindings"])
         .set(totals.bindings as i64);
-    telemetry::TENANTS_OVER_LIMIT.set(totals.over_limit as i64);
+    metrics.tenants_over_limit.set(totals.over_limit as i64);
 }
 
 /// Compares a vault's objects in the index with the store. `Ok(true)` when
@@ -196,7 +200,7 @@ pub async fn verify_vault(repo: &Arc<Repo>, index: &Arc<LiveIndex>, t: &TenantId
     Ok(true)
 }
 
-async fn verify(repo: &Arc<Repo>, index: &Arc<LiveIndex>, sample: usize) -> Result<usize> {
+async fn verify(repo: &Arc<Repo>, index: &Arc<LiveIndex>, metrics: &Metrics, sample: usize) -> Result<usize> {
     let vaults = repo.call(|r| r.all_vaults()).await?;
     let mut divergent = 0;
     let picks: Vec<&Vault> = if vaults.len() <= sample {
@@ -208,7 +212,7 @@ async fn verify(repo: &Arc<Repo>, index: &Arc<LiveIndex>, sample: usize) -> Resu
     for v in picks {
         if !verify_vault(repo, index, &v.tenant, &v.name).await? {
             divergent += 1;
-            telemetry::INDEX_DIVERGENCE.inc();
+            metrics.index_divergence.inc();
             tracing::error!(tenant = %v.tenant, vault = %v.name, "the live index differs from the store for this vault");
         }
     }
@@ -227,11 +231,23 @@ pub struct JobRun {
     pub ok: bool,
 }
 
-/// Runs the due jobs until `stop` fires.
-async fn run_jobs(
+/// What the leader's jobs work with.
+#[derive(Clone)]
+struct Deps {
     repo: Arc<Repo>,
     index: Arc<LiveIndex>,
+    metrics: Arc<Metrics>,
     opts: JobOptions,
+}
+
+/// Runs the due jobs until `stop` fires.
+async fn run_jobs(
+    Deps {
+        repo,
+        index,
+        metrics,
+        opts,
+    }: Deps,
     holder: String,
     epoch: u64,
     history: Arc<Mutex<Vec<JobRun>>>,
@@ -258,7 +274,7 @@ async fn run_jobs(
                 Ok(false) => continue,
                 Err(e) => {
                     tracing::warn!(job = job.name(), error = %e, "could not schedule job");
-                    telemetry::JOB_RUNS.with_label_values(&[job.name(), "error"]).inc();
+                    metrics.job_runs.with_label_values(&[job.name(), "error"]).inc();
                     continue;
                 }
             }
@@ -280,26 +296,28 @@ async fn run_jobs(
                         })
                 }
                 Job::Usage => repo.call(move |r| r.recount_usage(epoch)).await.map(|u| {
-                    publish_usage(&u);
+                    publish_usage(&metrics, &u);
                     format!("{u:?}")
                 }),
-                Job::Verify => verify(&repo, &index, opts.verify_sample)
+                Job::Verify => verify(&repo, &index, &metrics, opts.verify_sample)
                     .await
                     .map(|n| format!("{n} divergent vaults")),
             };
-            telemetry::JOB_SECONDS
+            metrics
+                .job_seconds
                 .with_label_values(&[job.name()])
                 .observe(start.elapsed().as_secs_f64());
             let ok = result.is_ok();
             match result {
                 Ok(summary) => {
                     tracing::debug!(job = job.name(), %summary, "job ran");
-                    telemetry::JOB_RUNS.with_label_values(&[job.name(), "ok"]).inc();
+                    metrics.job_runs.with_label_values(&[job.name(), "ok"]).inc();
                 }
                 Err(e) => {
                     let fenced = matches!(&e, ServiceError::Fenced { .. });
                     tracing::warn!(job = job.name(), error = %e, "job failed");
-                    telemetry::JOB_RUNS
+                    metrics
+                        .job_runs
                         .with_label_values(&[job.name(), if fenced { "fenced" } else { "error" }])
                         .inc();
                 }
@@ -342,6 +360,7 @@ pub fn spawn(
     index: Arc<LiveIndex>,
     status: Arc<LeaderStatus>,
     log: JobLog,
+    metrics: Arc<Metrics>,
     opts: JobOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -365,7 +384,7 @@ pub fn spawn(
             let (r, h) = (repo.clone(), holder.clone());
             let attempt = tokio::time::timeout(
                 renew_every,
-                tokio::task::spawn_blocking(move || acquire(&*r.store, LEASE, &h, ttl, now_ms())),
+                tokio::task::spawn_blocking(move || acquire(&*r.store, &r.metrics().store, LEASE, &h, ttl, now_ms())),
             )
             .await;
             match attempt {
@@ -377,21 +396,19 @@ pub fn spawn(
                         }
                         tracing::info!(epoch, %holder, "became leader; running background jobs");
                         let (stop, stop_rx) = watch::channel(false);
-                        let task = tokio::spawn(run_jobs(
-                            repo.clone(),
-                            index.clone(),
-                            opts.clone(),
-                            holder.clone(),
-                            epoch,
-                            log.clone(),
-                            stop_rx,
-                        ));
+                        let deps = Deps {
+                            repo: repo.clone(),
+                            index: index.clone(),
+                            metrics: metrics.clone(),
+                            opts: opts.clone(),
+                        };
+                        let task = tokio::spawn(run_jobs(deps, holder.clone(), epoch, log.clone(), stop_rx));
                         term = Some(Term { epoch, stop, task });
                     }
                     status.is_leader.store(true, Ordering::SeqCst);
                     status.epoch.store(epoch, Ordering::SeqCst);
-                    telemetry::LEADER.set(1);
-                    telemetry::LEADER_EPOCH.set(epoch as i64);
+                    metrics.leader.set(1);
+                    metrics.leader_epoch.set(epoch as i64);
                 }
                 Ok(Ok(Ok(None))) => {
                     if let Some(old) = term.take() {
@@ -399,7 +416,7 @@ pub fn spawn(
                         old.end().await;
                     }
                     status.is_leader.store(false, Ordering::SeqCst);
-                    telemetry::LEADER.set(0);
+                    metrics.leader.set(0);
                 }
                 failed => {
                     let why = match failed {
@@ -416,7 +433,7 @@ pub fn spawn(
                             old.end().await;
                         }
                         status.is_leader.store(false, Ordering::SeqCst);
-                        telemetry::LEADER.set(0);
+                        metrics.leader.set(0);
                     }
                 }
             }
@@ -428,9 +445,9 @@ pub fn spawn(
         if let Some(old) = term.take() {
             old.end().await;
             let (r, h) = (repo.clone(), holder.clone());
-            let _ = tokio::task::spawn_blocking(move || release(&*r.store, LEASE, &h)).await;
+            let _ = tokio::task::spawn_blocking(move || release(&*r.store, &r.metrics().store, LEASE, &h)).await;
         }
         status.is_leader.store(false, Ordering::SeqCst);
-        telemetry::LEADER.set(0);
+        metrics.leader.set(0);
     })
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ServiceError};
-use crate::store::{self, Store, StoreError, Transaction, keyspace as ks};
+use crate::store::{self, Store, StoreError, StoreMetrics, Transaction, keyspace as ks};
 
 /// The lease the background jobs run under.
 pub const LEASE: &str = "jobs";
@@ -48,12 +48,13 @@ fn read_u64(tx: &mut dyn Transaction, key: &[u8]) -> std::result::Result<u64, St
 /// `holder` holds it afterwards.
 pub fn acquire(
     store: &dyn Store,
+    metrics: &StoreMetrics,
     name: &str,
     holder: &str,
     ttl: Duration,
     now_ms: u64,
 ) -> std::result::Result<Option<u64>, StoreError> {
-    let (epoch, _) = store::run(store, |tx| {
+    let (epoch, _) = store::run(store, metrics, |tx| {
         let key = ks::lease(name);
         let current: Option<LeaseRecord> = tx.get(&key)?.and_then(|v| serde_json::from_slice(&v).ok());
         let epoch = match &current {
@@ -79,8 +80,13 @@ pub fn acquire(
 
 /// Gives the lease up (on shutdown), so another replica need not wait for
 /// it to expire.
-pub fn release(store: &dyn Store, name: &str, holder: &str) -> std::result::Result<(), StoreError> {
-    store::run(store, |tx| {
+pub fn release(
+    store: &dyn Store,
+    metrics: &StoreMetrics,
+    name: &str,
+    holder: &str,
+) -> std::result::Result<(), StoreError> {
+    store::run(store, metrics, |tx| {
         let key = ks::lease(name);
         let current: Option<LeaseRecord> = tx.get(&key)?.and_then(|v| serde_json::from_slice(&v).ok());
         if current.is_some_and(|l| l.holder == holder) {
@@ -115,31 +121,32 @@ mod tests {
     #[test]
     fn lease_terms_and_fencing() {
         let s = MemoryStore::new();
+        let m = StoreMetrics::default();
         let ttl = Duration::from_secs(10);
-        assert_eq!(acquire(&s, LEASE, "a", ttl, 1_000).unwrap(), Some(1));
+        assert_eq!(acquire(&s, &m, LEASE, "a", ttl, 1_000).unwrap(), Some(1));
         assert_eq!(
-            acquire(&s, LEASE, "a", ttl, 2_000).unwrap(),
+            acquire(&s, &m, LEASE, "a", ttl, 2_000).unwrap(),
             Some(1),
             "renewal keeps the term"
         );
-        assert_eq!(acquire(&s, LEASE, "b", ttl, 5_000).unwrap(), None, "held by a");
+        assert_eq!(acquire(&s, &m, LEASE, "b", ttl, 5_000).unwrap(), None, "held by a");
         assert_eq!(
-            acquire(&s, LEASE, "b", ttl, 12_001).unwrap(),
+            acquire(&s, &m, LEASE, "b", ttl, 12_001).unwrap(),
             Some(2),
             "expired: b takes over, new epoch"
         );
         // a's late write is fenced.
-        let r = store::run(&s, |tx| {
+        let r = store::run(&s, &m, |tx| {
             fence(tx, LEASE, 1)?;
             tx.set(b"late", b"write");
             Ok::<_, ServiceError>(())
         });
         assert!(matches!(r, Err(ServiceError::Fenced { epoch: 1, current: 2 })), "{r:?}");
         assert_eq!(s.begin().unwrap().get(b"late").unwrap(), None);
-        assert_eq!(acquire(&s, LEASE, "a", ttl, 13_000).unwrap(), None);
-        release(&s, LEASE, "b").unwrap();
+        assert_eq!(acquire(&s, &m, LEASE, "a", ttl, 13_000).unwrap(), None);
+        release(&s, &m, LEASE, "b").unwrap();
         assert_eq!(
-            acquire(&s, LEASE, "a", ttl, 13_001).unwrap(),
+            acquire(&s, &m, LEASE, "a", ttl, 13_001).unwrap(),
             Some(3),
             "released: immediate takeover"
         );

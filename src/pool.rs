@@ -18,10 +18,11 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::error::ServiceError;
-use crate::telemetry;
 
 pub struct Pool {
     name: &'static str,
+    /// Counts the requests refused because the queue was full.
+    rejected: prometheus::IntCounter,
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     queue: usize,
@@ -37,9 +38,10 @@ impl Drop for Waiting<'_> {
 }
 
 impl Pool {
-    pub fn new(name: &'static str, concurrency: usize, queue: usize) -> Pool {
+    pub fn new(name: &'static str, concurrency: usize, queue: usize, rejected: prometheus::IntCounter) -> Pool {
         Pool {
             name,
+            rejected,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             waiting: AtomicUsize::new(0),
             queue,
@@ -54,7 +56,7 @@ impl Pool {
             Err(_) => {
                 if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
                     self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    telemetry::POOL_REJECTED.with_label_values(&[self.name]).inc();
+                    self.rejected.inc();
                     return Err(ServiceError::Overloaded {
                         what: self.name,
                         retry_after: Duration::from_millis(200),
@@ -77,21 +79,13 @@ impl Pool {
     }
 }
 
-/// The pool for expensive reads: half the cores, 64 waiting.
-impl Default for Pool {
-    fn default() -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Pool::new("expensive", (cores / 2).max(1), 64)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn a_full_queue_refuses_at_once() {
-        let pool = Arc::new(Pool::new("test", 1, 1));
+        let pool = Arc::new(Pool::new("test", 1, 1, prometheus::IntCounter::new("t", "t").unwrap()));
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let rx = Arc::new(std::sync::Mutex::new(rx));
         let hold = {

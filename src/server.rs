@@ -25,7 +25,7 @@ use crate::index::LiveIndex;
 use crate::jobs::{self, JobOptions};
 use crate::repo::Repo;
 use crate::store::{self, Backend, StoreError};
-use crate::telemetry;
+use crate::telemetry::{self, Metrics};
 pub use crate::transport::TlsFiles;
 use crate::transport::{self, TlsError, TlsReloader};
 
@@ -121,6 +121,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// This server's metrics (its own registry, apart from other servers').
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.state.metrics
+    }
+
     /// Health to NOT_SERVING, wait the drain delay, stop accepting, let
     /// in-flight calls finish, stop the background tasks.
     pub async fn shutdown(self) {
@@ -168,16 +173,16 @@ fn message_too_large_is_resource_exhausted<B>(mut resp: http::Response<B>) -> ht
 }
 
 /// Logs and counts the outcome of one reload check.
-fn reloaded<E: std::fmt::Display>(what: &str, files: &str, r: Result<bool, E>) {
+fn reloaded<E: std::fmt::Display>(metrics: &Metrics, what: &str, files: &str, r: Result<bool, E>) {
     match r {
         Ok(true) => {
             tracing::info!("{files} changed; the new configuration is in force (TLS: for new connections)");
-            telemetry::CONFIG_RELOADS.with_label_values(&[what, "ok"]).inc();
+            metrics.config_reloads.with_label_values(&[what, "ok"]).inc();
         }
         Ok(false) => {}
         Err(e) => {
             tracing::error!(error = %e, "{files} changed but cannot be used; the previous configuration stays in force");
-            telemetry::CONFIG_RELOADS.with_label_values(&[what, "error"]).inc();
+            metrics.config_reloads.with_label_values(&[what, "error"]).inc();
         }
     }
 }
@@ -187,6 +192,7 @@ fn spawn_reloader(
     keys: crate::api::auth::Keys,
     tls: Option<Arc<TlsReloader>>,
     every: Duration,
+    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     // Polling, not inotify: Kubernetes updates a mounted Secret by swapping a
@@ -198,11 +204,11 @@ fn spawn_reloader(
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            let (k, t) = (keys.clone(), tls.clone());
+            let (k, t, m) = (keys.clone(), tls.clone(), metrics.clone());
             let _ = tokio::task::spawn_blocking(move || {
-                reloaded("keys", "API keys file", k.reload());
+                reloaded(&m, "keys", "API keys file", k.reload());
                 if let Some(t) = t {
-                    reloaded("tls", "TLS files", t.reload());
+                    reloaded(&m, "tls", "TLS files", t.reload());
                 }
             })
             .await;
@@ -232,7 +238,8 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
     let store = tokio::task::spawn_blocking(move || store::open(&backend))
         .await
         .map_err(|e| StoreError::Io(e.to_string()))??;
-    let repo = Arc::new(Repo::new(store.clone()));
+    let metrics = Metrics::new();
+    let repo = Arc::new(Repo::with_metrics(store.clone(), metrics.clone()));
     let store_id = repo.call(|r| r.store_id()).await?;
     let leader = Arc::new(LeaderStatus::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -242,7 +249,12 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         opts.consistency_wait,
         leader.clone(),
         shutdown_rx.clone(),
-        crate::pool::Pool::new("expensive", opts.expensive_concurrency, opts.expensive_queue),
+        crate::pool::Pool::new(
+            "expensive",
+            opts.expensive_concurrency,
+            opts.expensive_queue,
+            metrics.pool_rejected.with_label_values(&["expensive"]),
+        ),
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -320,7 +332,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
     let metrics_addr = match opts.metrics_listen {
         Some(m) => {
             let mut mrx = shutdown_rx.clone();
-            let a = telemetry::serve_metrics(m, async move {
+            let a = telemetry::serve_metrics(m, metrics.clone(), async move {
                 let _ = mrx.wait_for(|s| *s).await;
             })
             .await
@@ -336,6 +348,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         opts.keys.clone(),
         tls,
         opts.reload_interval,
+        metrics.clone(),
         shutdown_rx.clone(),
     )];
     {
@@ -368,6 +381,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
                 index,
                 state.leader.clone(),
                 state.job_log.clone(),
+                state.metrics.clone(),
                 jobs_opts,
                 shutdown_rx,
             );

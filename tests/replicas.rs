@@ -333,7 +333,7 @@ async fn purge_compact_usage_and_verify_do_their_work() {
         .unwrap();
     assert!(m.revision > now);
     // Verify: a write that bypasses the changelog is a divergence the job reports.
-    let before = portcullis::telemetry::INDEX_DIVERGENCE.get();
+    let before = srv.metrics().index_divergence.get();
     {
         use portcullis::store::keyspace as ks;
         let mut tx = store.begin().unwrap();
@@ -352,7 +352,7 @@ async fn purge_compact_usage_and_verify_do_their_work() {
         tx.commit().unwrap();
     }
     let t0 = Instant::now();
-    while portcullis::telemetry::INDEX_DIVERGENCE.get() == before {
+    while srv.metrics().index_divergence.get() == before {
         assert!(t0.elapsed() < Duration::from_secs(5), "divergence not detected");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

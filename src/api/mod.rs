@@ -24,7 +24,7 @@ use crate::error::{Result, ServiceError};
 use crate::index::LiveIndex;
 use crate::pool::Pool;
 use crate::repo::{Repo, parse_token};
-use crate::telemetry::RpcTimer;
+use crate::telemetry::Metrics;
 use portcullis_proto::v1 as pb;
 
 /// What every service shares.
@@ -41,6 +41,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Expensive reads run here, bounded (see [`crate::pool`]).
     pub expensive: Pool,
+    /// The server's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 pub use crate::lease::LeaderStatus;
@@ -54,6 +56,7 @@ impl AppState {
         shutdown: tokio::sync::watch::Receiver<bool>,
         expensive: Pool,
     ) -> AppState {
+        let metrics = repo.metrics().clone();
         AppState {
             index: OnceLock::new(),
             repo,
@@ -63,6 +66,7 @@ impl AppState {
             job_log: Default::default(),
             shutdown,
             expensive,
+            metrics,
         }
     }
 
@@ -117,19 +121,22 @@ impl AppState {
     }
 }
 
-/// Times an RPC and counts its code.
-pub async fn observed<T>(
-    service: &'static str,
-    method: &'static str,
-    fut: impl Future<Output = std::result::Result<T, Status>>,
-) -> std::result::Result<T, Status> {
-    let timer = RpcTimer::start(service, method);
-    let r = fut.await;
-    timer.finish(match &r {
-        Ok(_) => Code::Ok,
-        Err(s) => s.code(),
-    });
-    r
+impl AppState {
+    /// Times an RPC and counts its code.
+    pub async fn observed<T>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        fut: impl Future<Output = std::result::Result<T, Status>>,
+    ) -> std::result::Result<T, Status> {
+        let timer = self.metrics.rpc(service, method);
+        let r = fut.await;
+        timer.finish(match &r {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        });
+        r
+    }
 }
 
 /// Takes `n` tokens of `kind` from the tenant's (and its ancestors')

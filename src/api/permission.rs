@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use super::confine::TenantFields;
 use super::convert::{context_from, effect_to, scope_strings, source_to, statement_to, ts_to};
 use super::ratelimit::Kind;
-use super::{AppState, auth, observed, rate, tenant_field};
+use super::{AppState, auth, rate, tenant_field};
 use crate::engine::cost::CHECK_BUDGET;
 use crate::engine::{
     CheckItem, CheckResult, EntryOutcome, Explanation, PageRequest, Possibility, Reason, RequestContext, ResourceRule,
@@ -17,8 +17,7 @@ use crate::engine::{
 };
 use crate::error::ServiceError;
 use crate::repo::{MAX_PAGE, token};
-use crate::telemetry;
-use crate::telemetry::DECISIONS;
+use crate::telemetry::Metrics;
 
 const SVC: &str = "portcullis.v1.PermissionService";
 pub const MAX_BULK: usize = 1000;
@@ -80,8 +79,9 @@ fn explanation_to(e: &Explanation) -> pb::Explanation {
     }
 }
 
-fn check_response(r: &CheckResult, at: u64) -> pb::CheckPermissionResponse {
-    DECISIONS
+fn check_response(metrics: &Metrics, r: &CheckResult, at: u64) -> pb::CheckPermissionResponse {
+    metrics
+        .decisions
         .with_label_values(&[if r.allowed { "ALLOWED" } else { "DENIED" }, r.reason.as_str()])
         .inc();
     pb::CheckPermissionResponse {
@@ -146,258 +146,266 @@ impl PermissionService for PermissionApi {
         &self,
         request: Request<pb::CheckPermissionRequest>,
     ) -> Result<Response<pb::CheckPermissionResponse>, Status> {
-        observed(SVC, "CheckPermission", async {
-            let caller = auth::caller(&request)?;
-            caller.require_all(&request.get_ref().tenant_fields())?;
-            let r = request.into_inner();
-            let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
-            rate(index, &r.tenant, Kind::Checks, 1)?;
-            let ctx = context_of("context", &r.context)?;
-            let now = Timestamp::now();
-            let item = CheckItem {
-                subject: &r.subject,
-                action: &r.action,
-                resource: &r.resource,
-                context: &ctx,
-            };
-            let res = index.engine().check(&r.tenant, &r.vault, &item, now, r.explain)?;
-            if !ctx.budget().exhausted() {
-                return Ok(Response::new(check_response(&res, at)));
-            }
-            // Its conditions need more than the inline budget: again, on the
-            // bounded pool, with the full one, so a request thread is never
-            // held for long.
-            telemetry::CHECKS_OFFLOADED.inc();
-            let (index, full) = (index.clone(), ctx.clone().with_budget(CHECK_BUDGET));
-            let res = self
-                .state
-                .expensive(move || {
-                    let item = CheckItem {
-                        subject: &r.subject,
-                        action: &r.action,
-                        resource: &r.resource,
-                        context: &full,
-                    };
-                    index.engine().check(&r.tenant, &r.vault, &item, now, r.explain)
-                })
-                .await??;
-            Ok(Response::new(check_response(&res, at)))
-        })
-        .await
+        self.state
+            .observed(SVC, "CheckPermission", async {
+                let caller = auth::caller(&request)?;
+                caller.require_all(&request.get_ref().tenant_fields())?;
+                let r = request.into_inner();
+                let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
+                rate(index, &r.tenant, Kind::Checks, 1)?;
+                let ctx = context_of("context", &r.context)?;
+                let now = Timestamp::now();
+                let item = CheckItem {
+                    subject: &r.subject,
+                    action: &r.action,
+                    resource: &r.resource,
+                    context: &ctx,
+                };
+                let res = index.engine().check(&r.tenant, &r.vault, &item, now, r.explain)?;
+                if !ctx.budget().exhausted() {
+                    return Ok(Response::new(check_response(&self.state.metrics, &res, at)));
+                }
+                // Its conditions need more than the inline budget: again, on the
+                // bounded pool, with the full one, so a request thread is never
+                // held for long.
+                self.state.metrics.checks_offloaded.inc();
+                let (index, full) = (index.clone(), ctx.clone().with_budget(CHECK_BUDGET));
+                let res = self
+                    .state
+                    .expensive(move || {
+                        let item = CheckItem {
+                            subject: &r.subject,
+                            action: &r.action,
+                            resource: &r.resource,
+                            context: &full,
+                        };
+                        index.engine().check(&r.tenant, &r.vault, &item, now, r.explain)
+                    })
+                    .await??;
+                Ok(Response::new(check_response(&self.state.metrics, &res, at)))
+            })
+            .await
     }
 
     async fn check_bulk_permissions(
         &self,
         request: Request<pb::CheckBulkPermissionsRequest>,
     ) -> Result<Response<pb::CheckBulkPermissionsResponse>, Status> {
-        observed(SVC, "CheckBulkPermissions", async {
-            let caller = auth::caller(&request)?;
-            caller.require_all(&request.get_ref().tenant_fields())?;
-            let r = request.into_inner();
-            if r.items.len() > MAX_BULK {
-                return Err(Status::from(ServiceError::invalid(
-                    "items",
-                    format!("at most {MAX_BULK} items per call, got {}", r.items.len()),
-                )));
-            }
-            let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
-            rate(index, &r.tenant, Kind::Checks, r.items.len().max(1) as u32)?;
-            let view = index.engine().view(&r.tenant, &r.vault)?;
-            let explain = r.explain;
-            // Up to a thousand checks: on the bounded pool, each with its
-            // own full budget.
-            let results = self
-                .state
-                .expensive(move || {
-                    let now = Timestamp::now();
-                    r.items
-                        .iter()
-                        .enumerate()
-                        .map(|(i, it)| {
-                            let ctx = match context_of(&format!("items[{i}].context"), &it.context) {
-                                Ok(c) => c.with_budget(CHECK_BUDGET),
-                                Err(v) => return Err(v),
-                            };
-                            let item = CheckItem {
-                                subject: &it.subject,
-                                action: &it.action,
-                                resource: &it.resource,
-                                context: &ctx,
-                            };
-                            check_bulk_in(&view, std::slice::from_ref(&item), now, explain)
-                                .pop()
-                                .expect("one result per item")
-                                .map_err(|v| v.prefixed(&format!("items[{i}].")))
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .await?;
-            let results = results
-                .into_iter()
-                .map(|res| pb::BulkCheckResult {
-                    result: Some(match res {
-                        Ok(c) => pb::bulk_check_result::Result::Response(check_response(&c, at)),
-                        Err(v) => pb::bulk_check_result::Result::Error(super::status::item_error(&v)),
-                    }),
-                })
-                .collect();
-            Ok(Response::new(pb::CheckBulkPermissionsResponse {
-                results,
-                checked_at: token(at),
-            }))
-        })
-        .await
+        self.state
+            .observed(SVC, "CheckBulkPermissions", async {
+                let caller = auth::caller(&request)?;
+                caller.require_all(&request.get_ref().tenant_fields())?;
+                let r = request.into_inner();
+                if r.items.len() > MAX_BULK {
+                    return Err(Status::from(ServiceError::invalid(
+                        "items",
+                        format!("at most {MAX_BULK} items per call, got {}", r.items.len()),
+                    )));
+                }
+                let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
+                rate(index, &r.tenant, Kind::Checks, r.items.len().max(1) as u32)?;
+                let view = index.engine().view(&r.tenant, &r.vault)?;
+                let explain = r.explain;
+                // Up to a thousand checks: on the bounded pool, each with its
+                // own full budget.
+                let results = self
+                    .state
+                    .expensive(move || {
+                        let now = Timestamp::now();
+                        r.items
+                            .iter()
+                            .enumerate()
+                            .map(|(i, it)| {
+                                let ctx = match context_of(&format!("items[{i}].context"), &it.context) {
+                                    Ok(c) => c.with_budget(CHECK_BUDGET),
+                                    Err(v) => return Err(v),
+                                };
+                                let item = CheckItem {
+                                    subject: &it.subject,
+                                    action: &it.action,
+                                    resource: &it.resource,
+                                    context: &ctx,
+                                };
+                                check_bulk_in(&view, std::slice::from_ref(&item), now, explain)
+                                    .pop()
+                                    .expect("one result per item")
+                                    .map_err(|v| v.prefixed(&format!("items[{i}].")))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .await?;
+                let results = results
+                    .into_iter()
+                    .map(|res| pb::BulkCheckResult {
+                        result: Some(match res {
+                            Ok(c) => {
+                                pb::bulk_check_result::Result::Response(check_response(&self.state.metrics, &c, at))
+                            }
+                            Err(v) => pb::bulk_check_result::Result::Error(super::status::item_error(&v)),
+                        }),
+                    })
+                    .collect();
+                Ok(Response::new(pb::CheckBulkPermissionsResponse {
+                    results,
+                    checked_at: token(at),
+                }))
+            })
+            .await
     }
 
     async fn lookup_resources(
         &self,
         request: Request<pb::LookupResourcesRequest>,
     ) -> Result<Response<pb::LookupResourcesResponse>, Status> {
-        observed(SVC, "LookupResources", async {
-            let caller = auth::caller(&request)?;
-            caller.require_all(&request.get_ref().tenant_fields())?;
-            let r = request.into_inner();
-            let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
-            rate(index, &r.tenant, Kind::Checks, 1)?;
-            let index = index.clone();
-            let f = self
-                .state
-                .expensive(move || {
-                    index
-                        .engine()
-                        .lookup_resources(&r.tenant, &r.vault, &r.subject, &r.action, Timestamp::now())
-                })
-                .await??;
-            Ok(Response::new(pb::LookupResourcesResponse {
-                grants: f.grants.iter().map(rule_to).collect(),
-                denials: f.denials.iter().map(rule_to).collect(),
-                conditional_grants: f.conditional_grants.iter().map(rule_to).collect(),
-                conditional_denials: f.conditional_denials.iter().map(rule_to).collect(),
-                suspended: f.suspended,
-                checked_at: token(at),
-            }))
-        })
-        .await
+        self.state
+            .observed(SVC, "LookupResources", async {
+                let caller = auth::caller(&request)?;
+                caller.require_all(&request.get_ref().tenant_fields())?;
+                let r = request.into_inner();
+                let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
+                rate(index, &r.tenant, Kind::Checks, 1)?;
+                let index = index.clone();
+                let f = self
+                    .state
+                    .expensive(move || {
+                        index
+                            .engine()
+                            .lookup_resources(&r.tenant, &r.vault, &r.subject, &r.action, Timestamp::now())
+                    })
+                    .await??;
+                Ok(Response::new(pb::LookupResourcesResponse {
+                    grants: f.grants.iter().map(rule_to).collect(),
+                    denials: f.denials.iter().map(rule_to).collect(),
+                    conditional_grants: f.conditional_grants.iter().map(rule_to).collect(),
+                    conditional_denials: f.conditional_denials.iter().map(rule_to).collect(),
+                    suspended: f.suspended,
+                    checked_at: token(at),
+                }))
+            })
+            .await
     }
 
     async fn lookup_subjects(
         &self,
         request: Request<pb::LookupSubjectsRequest>,
     ) -> Result<Response<pb::LookupSubjectsResponse>, Status> {
-        observed(SVC, "LookupSubjects", async {
-            let caller = auth::caller(&request)?;
-            caller.require_all(&request.get_ref().tenant_fields())?;
-            let r = request.into_inner();
-            let mut v = crate::engine::Violations::new();
-            v.check("action", crate::engine::ids::check_action(&r.action));
-            v.check("resource", crate::engine::ids::check_resource(&r.resource));
-            let after = if r.page_token.is_empty() {
-                None
-            } else {
-                match hex::decode(&r.page_token).ok().and_then(|b| String::from_utf8(b).ok()) {
-                    Some(s) => Some(s),
-                    None => {
-                        v.push("page_token", "must be a page token returned by the previous page");
-                        None
+        self.state
+            .observed(SVC, "LookupSubjects", async {
+                let caller = auth::caller(&request)?;
+                caller.require_all(&request.get_ref().tenant_fields())?;
+                let r = request.into_inner();
+                let mut v = crate::engine::Violations::new();
+                v.check("action", crate::engine::ids::check_action(&r.action));
+                v.check("resource", crate::engine::ids::check_resource(&r.resource));
+                let after = if r.page_token.is_empty() {
+                    None
+                } else {
+                    match hex::decode(&r.page_token).ok().and_then(|b| String::from_utf8(b).ok()) {
+                        Some(s) => Some(s),
+                        None => {
+                            v.push("page_token", "must be a page token returned by the previous page");
+                            None
+                        }
                     }
-                }
-            };
-            v.into_result()?;
-            let limit = match r.page_size as usize {
-                0 => 100,
-                n => n.min(MAX_PAGE),
-            };
-            let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
-            rate(index, &r.tenant, Kind::Checks, 1)?;
-            let view = index.engine().view(&r.tenant, &r.vault)?;
-            let (action, resource) = (r.action.clone(), r.resource.clone());
-            let page = self
-                .state
-                .expensive(move || {
-                    lookup_subjects_in(
-                        &view,
-                        &action,
-                        &resource,
-                        Timestamp::now(),
-                        PageRequest {
-                            after: after.as_deref(),
-                            limit,
-                        },
-                    )
-                })
-                .await?;
-            Ok(Response::new(pb::LookupSubjectsResponse {
-                subjects: page
-                    .subjects
-                    .into_iter()
-                    .map(|(s, p)| pb::LookedUpSubject {
-                        subject: s,
-                        conditional: p == Possibility::Conditional,
+                };
+                v.into_result()?;
+                let limit = match r.page_size as usize {
+                    0 => 100,
+                    n => n.min(MAX_PAGE),
+                };
+                let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
+                rate(index, &r.tenant, Kind::Checks, 1)?;
+                let view = index.engine().view(&r.tenant, &r.vault)?;
+                let (action, resource) = (r.action.clone(), r.resource.clone());
+                let page = self
+                    .state
+                    .expensive(move || {
+                        lookup_subjects_in(
+                            &view,
+                            &action,
+                            &resource,
+                            Timestamp::now(),
+                            PageRequest {
+                                after: after.as_deref(),
+                                limit,
+                            },
+                        )
                     })
-                    .collect(),
-                next_page_token: page.next_cursor.map(hex::encode).unwrap_or_default(),
-                checked_at: token(at),
-            }))
-        })
-        .await
+                    .await?;
+                Ok(Response::new(pb::LookupSubjectsResponse {
+                    subjects: page
+                        .subjects
+                        .into_iter()
+                        .map(|(s, p)| pb::LookedUpSubject {
+                            subject: s,
+                            conditional: p == Possibility::Conditional,
+                        })
+                        .collect(),
+                    next_page_token: page.next_cursor.map(hex::encode).unwrap_or_default(),
+                    checked_at: token(at),
+                }))
+            })
+            .await
     }
 
     async fn get_effective_permissions(
         &self,
         request: Request<pb::GetEffectivePermissionsRequest>,
     ) -> Result<Response<pb::GetEffectivePermissionsResponse>, Status> {
-        observed(SVC, "GetEffectivePermissions", async {
-            let caller = auth::caller(&request)?;
-            caller.require_all(&request.get_ref().tenant_fields())?;
-            let r = request.into_inner();
-            let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
-            rate(index, &r.tenant, Kind::Checks, 1)?;
-            let (index, tenant, vault, subject) = (index.clone(), r.tenant.clone(), r.vault.clone(), r.subject.clone());
-            let eff = self
-                .state
-                .expensive(move || {
-                    index
-                        .engine()
-                        .effective_permissions(&tenant, &vault, &subject, Timestamp::now())
-                })
-                .await??;
-            let statements = eff
-                .iter()
-                .map(|e| {
-                    let (bt, bv) = scope_strings(&crate::engine::Scope {
-                        tenant: e.binding.tenant.clone(),
-                        vault: e.binding.vault.clone(),
-                    });
-                    let (dt, dv) = scope_strings(&e.defined_in);
-                    pb::EffectiveStatement {
-                        statement: Some(statement_to(&e.statement)),
-                        binding_id: e.binding.id.clone(),
-                        binding_tenant: bt,
-                        binding_vault: bv,
-                        binding_scope: e.binding.scope.clone(),
-                        binding_condition: e.binding.condition.clone().unwrap_or_default(),
-                        not_before: e.binding.not_before.map(ts_to),
-                        expires_at: e.binding.expires_at.map(ts_to),
-                        principal: e.principal.clone(),
-                        group_path: e.group_path.clone(),
-                        role: e
-                            .role
-                            .as_ref()
-                            .map(|k| k.name.to_string())
-                            .unwrap_or_else(|| "inline".into()),
-                        role_path: e.role_path.iter().map(role_key).collect(),
-                        defined_tenant: dt,
-                        defined_vault: dv,
-                        active: e.active,
-                        source: source_to(e.binding.source),
-                    }
-                })
-                .collect();
-            Ok(Response::new(pb::GetEffectivePermissionsResponse {
-                statements,
-                checked_at: token(at),
-            }))
-        })
-        .await
+        self.state
+            .observed(SVC, "GetEffectivePermissions", async {
+                let caller = auth::caller(&request)?;
+                caller.require_all(&request.get_ref().tenant_fields())?;
+                let r = request.into_inner();
+                let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
+                rate(index, &r.tenant, Kind::Checks, 1)?;
+                let (index, tenant, vault, subject) =
+                    (index.clone(), r.tenant.clone(), r.vault.clone(), r.subject.clone());
+                let eff = self
+                    .state
+                    .expensive(move || {
+                        index
+                            .engine()
+                            .effective_permissions(&tenant, &vault, &subject, Timestamp::now())
+                    })
+                    .await??;
+                let statements = eff
+                    .iter()
+                    .map(|e| {
+                        let (bt, bv) = scope_strings(&crate::engine::Scope {
+                            tenant: e.binding.tenant.clone(),
+                            vault: e.binding.vault.clone(),
+                        });
+                        let (dt, dv) = scope_strings(&e.defined_in);
+                        pb::EffectiveStatement {
+                            statement: Some(statement_to(&e.statement)),
+                            binding_id: e.binding.id.clone(),
+                            binding_tenant: bt,
+                            binding_vault: bv,
+                            binding_scope: e.binding.scope.clone(),
+                            binding_condition: e.binding.condition.clone().unwrap_or_default(),
+                            not_before: e.binding.not_before.map(ts_to),
+                            expires_at: e.binding.expires_at.map(ts_to),
+                            principal: e.principal.clone(),
+                            group_path: e.group_path.clone(),
+                            role: e
+                                .role
+                                .as_ref()
+                                .map(|k| k.name.to_string())
+                                .unwrap_or_else(|| "inline".into()),
+                            role_path: e.role_path.iter().map(role_key).collect(),
+                            defined_tenant: dt,
+                            defined_vault: dv,
+                            active: e.active,
+                            source: source_to(e.binding.source),
+                        }
+                    })
+                    .collect();
+                Ok(Response::new(pb::GetEffectivePermissionsResponse {
+                    statements,
+                    checked_at: token(at),
+                }))
+            })
+            .await
     }
 }

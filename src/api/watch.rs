@@ -20,7 +20,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::confine::TenantFields;
 use super::convert::{change_to, opt_vault, tenant_id};
-use super::{AppState, auth, observed};
+use super::{AppState, auth};
 use crate::engine::Violations;
 use crate::repo::{parse_token, token};
 
@@ -186,7 +186,7 @@ impl WatchService for WatchApi {
         std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchResponse, Status>> + Send + 'static>>;
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        observed(SVC, "Watch", async {
+        self.state.observed(SVC, "Watch", async {
             let caller = auth::caller(&request)?;
             caller.require_all(&request.get_ref().tenant_fields())?;
             let r = request.into_inner();

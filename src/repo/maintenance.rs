@@ -31,7 +31,7 @@ impl Repo {
     /// Claims the job's current interval: `Ok(true)` when it is due and now
     /// recorded as run by this leader.
     pub fn claim_job(&self, job: &str, epoch: u64, holder: &str, interval: Duration, now: u64) -> Result<bool> {
-        let (due, _) = store::run::<_, ServiceError>(&*self.store, |tx| {
+        let (due, _) = self.run(|tx| {
             fence(tx, LEASE, epoch)?;
             let key = ks::job(job);
             let last: Option<JobRecord> = tx.get(&key)?.and_then(|v| serde_json::from_slice(&v).ok());
@@ -56,7 +56,7 @@ impl Repo {
     pub fn purge_expired(&self, epoch: u64, now_micros: i64) -> Result<usize> {
         let mut total = 0;
         loop {
-            let (n, _) = store::run::<_, ServiceError>(&*self.store, |tx| {
+            let (n, _) = self.run(|tx| {
                 fence(tx, LEASE, epoch)?;
                 let (begin, _) = tuple::prefix_range(&ks::expiries());
                 let end = ks::expiry_before(now_micros);
@@ -105,14 +105,14 @@ impl Repo {
     /// floor revision, if it moved.
     pub fn compact_changelog(&self, epoch: u64, now: u64, retention: Duration) -> Result<Option<u64>> {
         // Record what version "now" is, for future runs to find.
-        store::run::<_, ServiceError>(&*self.store, |tx| {
+        self.run(|tx| {
             fence(tx, LEASE, epoch)?;
             let v = tx.read_version()?;
             tx.set(&ks::mark(now), &v.to_be_bytes());
             Ok(())
         })?;
         let cutoff = now.saturating_sub(retention.as_millis() as u64);
-        let (floor, _) = store::run::<_, ServiceError>(&*self.store, |tx| {
+        let (floor, _) = self.run(|tx| {
             fence(tx, LEASE, epoch)?;
             let (b, _) = tuple::prefix_range(&ks::marks());
             let e = ks::mark(cutoff + 1);
@@ -142,7 +142,7 @@ impl Repo {
         })?;
         let Some(floor) = floor else { return Ok(None) };
         // The feed, then each scope's log, below the floor.
-        store::run::<_, ServiceError>(&*self.store, |tx| {
+        self.run(|tx| {
             fence(tx, LEASE, epoch)?;
             let (b, _) = tuple::prefix_range(&ks::feed());
             tx.clear_range(&b, &ks::feed_at(floor))?;
@@ -152,7 +152,7 @@ impl Repo {
         let (_, log_end) = tuple::prefix_range(&ks::log_all());
         let mut cursor = tuple::prefix_range(&ks::log_all()).0;
         loop {
-            let (next, _) = store::run::<_, ServiceError>(&*self.store, |tx| {
+            let (next, _) = self.run(|tx| {
                 fence(tx, LEASE, epoch)?;
                 let mut cursor = cursor.clone();
                 for _ in 0..100 {
@@ -186,7 +186,7 @@ impl Repo {
 
     /// Recounts every tenant's objects and corrects the counters.
     pub fn recount_usage(&self, epoch: u64) -> Result<UsageTotals> {
-        let (tenants, _) = store::run::<_, ServiceError>(&*self.store, |tx| {
+        let (tenants, _) = self.run(|tx| {
             let rows = range_prefix(
                 tx,
                 &ks::tenants(),
@@ -209,7 +209,7 @@ impl Repo {
         };
         let tenants_list: Vec<TenantId> = tenants.iter().map(|t| t.id.clone()).collect();
         for t in tenants {
-            let (u, _) = store::run::<_, ServiceError>(&*self.store, |tx| {
+            let (u, _) = self.run(|tx| {
                 fence(tx, LEASE, epoch)?;
                 let id = t.id.as_str();
                 let mut per_scope: std::collections::BTreeMap<(String, &'static str), i64> = Default::default();
@@ -263,7 +263,7 @@ impl Repo {
         // one transaction per tenant reads its subtree's counters and rewrites
         // its totals, so a concurrent write conflicts and is retried.
         for t in &tenants_list {
-            store::run::<_, ServiceError>(&*self.store, |tx| {
+            self.run(|tx| {
                 fence(tx, LEASE, epoch)?;
                 let id = t.as_str();
                 let mut sums: std::collections::BTreeMap<String, i64> = Default::default();
@@ -291,7 +291,7 @@ impl Repo {
 
     /// Every vault record, read at a snapshot (for the index verifier).
     pub fn all_vaults(&self) -> Result<Vec<Vault>> {
-        let (rows, _) = store::run::<_, ServiceError>(&*self.store, |tx| {
+        let (rows, _) = self.run(|tx| {
             range_prefix(
                 tx,
                 &ks::all_vaults(),

@@ -29,6 +29,7 @@ use crate::engine::validate;
 use crate::error::{Result, ServiceError};
 use crate::pool::Pool;
 use crate::store::{self, RangeOpts, Store, StoreError, Transaction, keyspace as ks, tuple};
+use crate::telemetry::Metrics;
 
 pub(crate) use bindings::remove_binding;
 pub use changelog::{FeedEntry, Loaded, append_changelog, key_version, log_floor};
@@ -210,14 +211,27 @@ pub struct Repo {
     pub store: Arc<dyn Store>,
     /// Bounds the threads store transactions may occupy.
     pool: Pool,
+    metrics: Arc<Metrics>,
 }
 
 impl Repo {
+    /// A repository counting into metrics of its own.
     pub fn new(store: Arc<dyn Store>) -> Repo {
+        Repo::with_metrics(store, Metrics::new())
+    }
+
+    /// A repository counting into the server's `metrics`; the index built
+    /// on it counts there too.
+    pub fn with_metrics(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Repo {
         Repo {
             store,
-            pool: Pool::new("store", 32, 4096),
+            pool: Pool::new("store", 32, 4096, metrics.pool_rejected.with_label_values(&["store"])),
+            metrics,
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The one async entry point for store work: runs `f` on a blocking
@@ -231,7 +245,7 @@ impl Repo {
     }
 
     fn run<T>(&self, body: impl FnMut(&mut dyn Transaction) -> Result<T>) -> Result<(T, u64)> {
-        store::run(&*self.store, body)
+        store::run(&*self.store, &self.metrics.store, body)
     }
 
     /// The store's id, created on first use.

@@ -157,7 +157,7 @@ pub fn retry_loop_serializes_read_modify_write(make: &Make<'_>) {
             let s = s.clone();
             std::thread::spawn(move || {
                 for _ in 0..25 {
-                    run(&*s, |tx| {
+                    run(&*s, &StoreMetrics::default(), |tx| {
                         let n = tx
                             .get(b"n")?
                             .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
@@ -188,14 +188,15 @@ pub fn leases(make: &Make<'_>) {
     use crate::lease::{acquire, fence, release};
     let s = make();
     let ttl = std::time::Duration::from_secs(10);
-    assert_eq!(acquire(&*s, "t", "a", ttl, 1_000).unwrap(), Some(1));
-    assert_eq!(acquire(&*s, "t", "b", ttl, 2_000).unwrap(), None);
-    assert_eq!(acquire(&*s, "t", "b", ttl, 11_001).unwrap(), Some(2));
+    let m = StoreMetrics::default();
+    assert_eq!(acquire(&*s, &m, "t", "a", ttl, 1_000).unwrap(), Some(1));
+    assert_eq!(acquire(&*s, &m, "t", "b", ttl, 2_000).unwrap(), None);
+    assert_eq!(acquire(&*s, &m, "t", "b", ttl, 11_001).unwrap(), Some(2));
     let mut tx = s.begin().unwrap();
     assert!(fence(&mut *tx, "t", 1).is_err());
     assert!(fence(&mut *tx, "t", 2).is_ok());
-    release(&*s, "t", "b").unwrap();
-    assert_eq!(acquire(&*s, "t", "a", ttl, 11_002).unwrap(), Some(3));
+    release(&*s, &m, "t", "b").unwrap();
+    assert_eq!(acquire(&*s, &m, "t", "a", ttl, 11_002).unwrap(), Some(3));
 }
 
 pub fn changelog_order_and_resumption(make: &Make<'_>) {

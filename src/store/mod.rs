@@ -11,7 +11,7 @@
 //! whole keyspace is documented in [`keyspace`].
 //!
 //! Transactions are synchronous; async callers run them on a blocking
-//! thread (see [`run_blocking`]).
+//! thread (the repository's [`crate::repo::Repo::call`]).
 
 pub mod embedded;
 #[cfg(feature = "fdb")]
@@ -117,6 +117,7 @@ pub const MAX_ATTEMPTS: u32 = 25;
 /// Returns the body's value and the commit version.
 pub fn run<T, E: TxError>(
     store: &dyn Store,
+    metrics: &StoreMetrics,
     mut body: impl FnMut(&mut dyn Transaction) -> Result<T, E>,
 ) -> Result<(T, u64), E> {
     let mut delay = Duration::from_micros(500);
@@ -131,18 +132,58 @@ pub fn run<T, E: TxError>(
         })();
         match result {
             Ok(v) => {
-                crate::telemetry::store_transaction("committed", attempt);
+                metrics.record("committed", attempt);
                 return Ok(v);
             }
             Err(e) => {
                 let retry = e.store_error().is_some_and(StoreError::retryable) && attempt < MAX_ATTEMPTS;
                 if !retry {
-                    crate::telemetry::store_transaction("failed", attempt);
+                    metrics.record("failed", attempt);
                     return Err(e);
                 }
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_millis(100));
             }
+        }
+    }
+}
+
+/// What [`run`] counts: transactions by result, and retried attempts.
+/// Created unregistered; the server registers them in its registry.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    transactions: prometheus::IntCounterVec,
+    retries: prometheus::IntCounter,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            transactions: prometheus::IntCounterVec::new(
+                prometheus::Opts::new("portcullis_store_transactions_total", "Store transactions, by result."),
+                &["result"],
+            )
+            .expect("valid metric"),
+            retries: prometheus::IntCounter::new(
+                "portcullis_store_retries_total",
+                "Store transaction attempts retried after a conflict.",
+            )
+            .expect("valid metric"),
+        }
+    }
+}
+
+impl StoreMetrics {
+    pub fn register(&self, registry: &prometheus::Registry) {
+        let _ = registry.register(Box::new(self.transactions.clone()));
+        let _ = registry.register(Box::new(self.retries.clone()));
+    }
+
+    /// One transaction that ended with `result` after `attempts` attempts.
+    pub fn record(&self, result: &str, attempts: u32) {
+        self.transactions.with_label_values(&[result]).inc();
+        if attempts > 1 {
+            self.retries.inc_by(u64::from(attempts - 1));
         }
     }
 }

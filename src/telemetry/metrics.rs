@@ -1,0 +1,277 @@
+//! The server's metrics: one [`Metrics`] per server, owned by it and
+//! passed to what counts into it (two replicas in one process count apart),
+//! each in its own registry that `/metrics` renders.
+//!
+//! Labels stay low-cardinality: service, method, code, decision, reason,
+//! job and result; never a subject, resource or tenant.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::store::StoreMetrics;
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Store transactions and their retries.
+    pub store: StoreMetrics,
+    pub grpc_handled: IntCounterVec,
+    pub grpc_seconds: HistogramVec,
+    pub decisions: IntCounterVec,
+    pub index_revision: IntGauge,
+    pub store_revision: IntGauge,
+    pub index_lag: IntGauge,
+    pub leader: IntGauge,
+    pub leader_epoch: IntGauge,
+    pub job_runs: IntCounterVec,
+    pub job_seconds: HistogramVec,
+    pub index_divergence: IntCounter,
+    pub index_corrupt: IntCounter,
+    pub index_quarantined: IntGauge,
+    pub config_reloads: IntCounterVec,
+    pub pool_rejected: IntCounterVec,
+    pub checks_offloaded: IntCounter,
+    pub tenant_usage: IntGaugeVec,
+    pub tenants_over_limit: IntGauge,
+}
+
+impl Metrics {
+    /// A fresh set, registered in its own registry.
+    pub fn new() -> Arc<Metrics> {
+        let grpc_handled = IntCounterVec::new(
+            Opts::new("grpc_server_handled_total", "RPCs completed on the server, by code."),
+            &["grpc_service", "grpc_method", "grpc_code"],
+        )
+        .expect("valid metric");
+        let grpc_seconds = HistogramVec::new(
+            HistogramOpts::new("grpc_server_handling_seconds", "RPC handling time on the server.").buckets(vec![
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["grpc_service", "grpc_method"],
+        )
+        .expect("valid metric");
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "portcullis_check_decisions_total",
+                "Check decisions, by decision and reason.",
+            ),
+            &["decision", "reason"],
+        )
+        .expect("valid metric");
+        let index_revision = IntGauge::new(
+            "portcullis_index_revision",
+            "The revision this replica's index has caught up to.",
+        )
+        .expect("valid metric");
+        let store_revision = IntGauge::new(
+            "portcullis_store_revision",
+            "The latest committed revision this replica knows of.",
+        )
+        .expect("valid metric");
+        let index_lag = IntGauge::new(
+            "portcullis_index_revision_lag",
+            "Store revision minus index revision: how far this replica's index trails.",
+        )
+        .expect("valid metric");
+        let leader =
+            IntGauge::new("portcullis_leader", "1 while this replica holds the leader lease.").expect("valid metric");
+        let leader_epoch = IntGauge::new(
+            "portcullis_leader_epoch",
+            "The fencing epoch of the lease this replica last held.",
+        )
+        .expect("valid metric");
+        let job_runs = IntCounterVec::new(
+            Opts::new("portcullis_job_runs_total", "Background job runs, by job and result."),
+            &["job", "result"],
+        )
+        .expect("valid metric");
+        let job_seconds = HistogramVec::new(
+            HistogramOpts::new("portcullis_job_duration_seconds", "Background job run time."),
+            &["job"],
+        )
+        .expect("valid metric");
+        let index_divergence = IntCounter::new(
+            "portcullis_index_divergence_total",
+            "Vaults whose live index was found to differ from the store.",
+        )
+        .expect("valid metric");
+        let index_corrupt = IntCounter::new(
+            "portcullis_index_corrupt_records_total",
+            "Stored records or feed changes the index could not read (their scope is quarantined).",
+        )
+        .expect("valid metric");
+        let index_quarantined = IntGauge::new(
+            "portcullis_index_quarantined_scopes",
+            "Vaults or tenant levels in quarantine: their checks answer UNAVAILABLE until repaired.",
+        )
+        .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "portcullis_config_reloads_total",
+                "Re-reads of the API keys file and the TLS files after they changed, by result.",
+            ),
+            &["what", "result"],
+        )
+        .expect("valid metric");
+        let pool_rejected = IntCounterVec::new(
+            Opts::new(
+                "portcullis_pool_rejected_total",
+                "Requests refused with RESOURCE_EXHAUSTED because a bounded pool's queue was full, by pool.",
+            ),
+            &["pool"],
+        )
+        .expect("valid metric");
+        let checks_offloaded = IntCounter::new(
+            "portcullis_checks_offloaded_total",
+            "Checks whose conditions outgrew the inline budget and were re-run on the expensive pool.",
+        )
+        .expect("valid metric");
+        let tenant_usage = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_tenant_objects",
+                "Objects held across all tenants, by kind (last accounted).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let tenants_over_limit = IntGauge::new(
+            "portcullis_tenants_over_limit",
+            "Tenants holding more than one of their limits allows.",
+        )
+        .expect("valid metric");
+        let m = Metrics {
+            registry: Registry::new(),
+            store: StoreMetrics::default(),
+            grpc_handled,
+            grpc_seconds,
+            decisions,
+            index_revision,
+            store_revision,
+            index_lag,
+            leader,
+            leader_epoch,
+            job_runs,
+            job_seconds,
+            index_divergence,
+            index_corrupt,
+            index_quarantined,
+            config_reloads,
+            pool_rejected,
+            checks_offloaded,
+            tenant_usage,
+            tenants_over_limit,
+        };
+        m.store.register(&m.registry);
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.grpc_handled.clone()),
+            Box::new(m.grpc_seconds.clone()),
+            Box::new(m.decisions.clone()),
+            Box::new(m.index_revision.clone()),
+            Box::new(m.store_revision.clone()),
+            Box::new(m.index_lag.clone()),
+            Box::new(m.leader.clone()),
+            Box::new(m.leader_epoch.clone()),
+            Box::new(m.job_runs.clone()),
+            Box::new(m.job_seconds.clone()),
+            Box::new(m.index_divergence.clone()),
+            Box::new(m.index_corrupt.clone()),
+            Box::new(m.index_quarantined.clone()),
+            Box::new(m.config_reloads.clone()),
+            Box::new(m.pool_rejected.clone()),
+            Box::new(m.checks_offloaded.clone()),
+            Box::new(m.tenant_usage.clone()),
+            Box::new(m.tenants_over_limit.clone()),
+        ];
+        for c in collectors {
+            // Registration fails only on a duplicate name, a programming
+            // error the tests catch.
+            let _ = m.registry.register(c);
+        }
+        Arc::new(m)
+    }
+
+    /// Times one RPC; [`RpcTimer::finish`] counts its outcome.
+    pub fn rpc(&self, service: &'static str, method: &'static str) -> RpcTimer<'_> {
+        RpcTimer {
+            metrics: self,
+            service,
+            method,
+            start: Instant::now(),
+        }
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Times one RPC and counts its outcome.
+pub struct RpcTimer<'a> {
+    metrics: &'a Metrics,
+    service: &'static str,
+    method: &'static str,
+    start: Instant,
+}
+
+impl RpcTimer<'_> {
+    pub fn finish(self, code: tonic::Code) {
+        self.metrics
+            .grpc_seconds
+            .with_label_values(&[self.service, self.method])
+            .observe(self.start.elapsed().as_secs_f64());
+        self.metrics
+            .grpc_handled
+            .with_label_values(&[self.service, self.method, code_name(code)])
+            .inc();
+    }
+}
+
+pub fn code_name(c: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match c {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_servers_count_apart_and_render_their_own() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.leader.set(1);
+        a.store.record("committed", 3);
+        assert_eq!(b.leader.get(), 0);
+        assert!(a.render().contains("portcullis_leader 1"));
+        assert!(b.render().contains("portcullis_leader 0"));
+        assert!(
+            a.render().contains("portcullis_store_retries_total 2"),
+            "{}",
+            a.render()
+        );
+    }
+}
