@@ -40,6 +40,7 @@ pub struct JobOptions {
     pub holder: Option<String>,
     /// Test hook: while true, the lease loop does nothing at all (neither
     /// renews nor stops the jobs), as a stalled process would.
+    #[cfg(any(test, feature = "test-util"))]
     pub stall: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
@@ -54,6 +55,7 @@ impl Default for JobOptions {
             verify_interval: Duration::from_secs(300),
             verify_sample: 3,
             holder: None,
+            #[cfg(any(test, feature = "test-util"))]
             stall: None,
         }
     }
@@ -222,7 +224,7 @@ async fn verify(repo: &Arc<Repo>, index: &Arc<LiveIndex>, metrics: &Metrics, sam
 /// The job runs a replica made as leader, newest last (at most 10,000).
 pub type JobLog = Arc<Mutex<Vec<JobRun>>>;
 
-/// One record of a job run, kept for diagnostics and tests.
+/// One record of a job run, reported by GetServerInfo.
 #[derive(Debug, Clone)]
 pub struct JobRun {
     pub job: Job,
@@ -372,6 +374,7 @@ pub fn spawn(
         let mut term: Option<Term> = None;
         let mut last_renewal = Instant::now();
         loop {
+            #[cfg(any(test, feature = "test-util"))]
             if opts.stall.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(10)) => continue,

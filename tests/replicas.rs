@@ -361,5 +361,19 @@ async fn purge_compact_usage_and_verify_do_their_work() {
         .unwrap()
         .unwrap();
     assert_eq!(lease.epoch, srv.state.leader.epoch.load(Ordering::SeqCst));
+    // GetServerInfo reports the job runs, newest first.
+    let info = portcullis_proto::v1::diagnostics_service_client::DiagnosticsServiceClient::new(channel(srv.addr).await)
+        .get_server_info(pb::GetServerInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!info.recent_jobs.is_empty() && info.recent_jobs.len() <= 20);
+    assert!(
+        info.recent_jobs
+            .iter()
+            .any(|r| r.job == "verify" && r.ok && r.epoch == lease.epoch)
+    );
+    let times: Vec<_> = info.recent_jobs.iter().map(|r| r.at.unwrap().seconds).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
     srv.shutdown().await;
 }

@@ -39,8 +39,24 @@ impl DiagnosticsService for DiagnosticsApi {
                         detail: bad.values().next().cloned().unwrap_or_default(),
                     })
                     .collect();
+                let recent_jobs = if caller.is_confined() {
+                    Vec::new()
+                } else {
+                    let log = self.state.job_log.lock().unwrap_or_else(|p| p.into_inner());
+                    log.iter()
+                        .rev()
+                        .take(20)
+                        .map(|r| pb::JobRun {
+                            job: r.job.name().to_string(),
+                            epoch: r.epoch,
+                            at: Some(prost_types::Timestamp::from(r.at)),
+                            ok: r.ok,
+                        })
+                        .collect()
+                };
                 Ok(Response::new(pb::GetServerInfoResponse {
                     quarantined,
+                    recent_jobs,
                     version: env!("CARGO_PKG_VERSION").to_string(),
                     store_id: self.state.store_id.clone(),
                     store_backend: self.state.repo.store.backend().to_string(),

@@ -36,6 +36,7 @@
 
 pub mod condition;
 pub mod cost;
+#[cfg(any(test, feature = "test-util"))]
 pub mod dataset;
 pub mod ids;
 pub mod model;
