@@ -37,7 +37,7 @@ pub struct LiveIndex {
     metrics: Arc<Metrics>,
     caught_up: watch::Sender<u64>,
     /// The tenants' rate-limit buckets, following their limits.
-    pub limits: crate::api::ratelimit::TenantLimits,
+    pub limits: crate::ratelimit::TenantLimits,
     /// Since when the store has been ahead of the index; `None` while the
     /// index is caught up. Health turns NOT_SERVING when this grows past
     /// `--max-index-lag`.

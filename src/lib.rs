@@ -10,16 +10,23 @@
 //! - [`lease`]: leader election on the store, with fencing epochs.
 //! - [`jobs`]: the background jobs the leader runs.
 //! - [`pool`]: bounded pools for blocking and expensive work.
+//! - [`ratelimit`]: the per-tenant and per-key rate limits (GCRA).
 //! - [`api`]: the gRPC services, auth, conversions and the one error-to-status mapping.
 //! - [`error`]: the service's error type and its `ErrorInfo` reasons.
 //! - [`transport`]: accepting connections (TCP_NODELAY, TLS and its reload).
 //! - [`server`]: wiring everything into a running server.
-//! - [`manifest`]: the Kubernetes-shaped documents `apply`, `import` and `export` use.
+//! - [`manifest`]: the Kubernetes-shaped documents `apply`, `import` and
+//!   `export` use, and the writes that apply them.
 //! - [`cli`]: the command line.
-//! - [`telemetry`]: logs and metrics.
+//! - [`telemetry`]: logs, and the metrics each server owns.
+//! - `conformance` (tests only): the suite every store backend passes.
+//!
+//! Calling Portcullis from Rust is the `portcullis-client` crate.
 
 pub mod api;
 pub mod cli;
+#[cfg(test)]
+mod conformance;
 pub mod engine;
 pub mod error;
 pub mod index;
@@ -27,6 +34,7 @@ pub mod jobs;
 pub mod lease;
 pub mod manifest;
 pub mod pool;
+pub mod ratelimit;
 pub mod repo;
 pub mod server;
 pub mod store;

@@ -50,7 +50,7 @@ impl AdminApi {
     /// `max_writes_per_second`.
     fn write_rate(&self, tenant: &str) -> Result<(), Status> {
         match self.state.index() {
-            Ok(index) => super::rate(index, tenant, super::ratelimit::Kind::Writes, 1),
+            Ok(index) => super::rate(index, tenant, crate::ratelimit::Kind::Writes, 1),
             Err(_) => Ok(()),
         }
     }

@@ -77,7 +77,7 @@ struct Key {
     hash: [u8; 32],
     scopes: Vec<Scope>,
     tenants: Arc<[String]>,
-    limiter: Option<Arc<crate::api::ratelimit::Limiter>>,
+    limiter: Option<Arc<crate::ratelimit::Limiter>>,
 }
 
 /// Who is calling, attached to each request by the interceptor.
@@ -351,7 +351,7 @@ fn parse_keys(text: &str) -> Result<Vec<Key>, String> {
             hash: raw,
             scopes: k.scopes,
             tenants: k.tenants.into(),
-            limiter: (k.rate_limit > 0).then(|| Arc::new(crate::api::ratelimit::Limiter::new(k.rate_limit))),
+            limiter: (k.rate_limit > 0).then(|| Arc::new(crate::ratelimit::Limiter::new(k.rate_limit))),
         });
     }
     if keys.is_empty() {

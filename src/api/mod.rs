@@ -9,7 +9,6 @@ pub mod confine;
 pub mod convert;
 pub mod diagnostics;
 pub mod permission;
-pub mod ratelimit;
 pub mod status;
 pub mod watch;
 
@@ -141,7 +140,7 @@ impl AppState {
 
 /// Takes `n` tokens of `kind` from the tenant's (and its ancestors')
 /// rate limits; RESOURCE_EXHAUSTED with `RetryInfo` when one is spent.
-pub fn rate(index: &LiveIndex, tenant: &str, kind: ratelimit::Kind, n: u32) -> std::result::Result<(), Status> {
+pub fn rate(index: &LiveIndex, tenant: &str, kind: crate::ratelimit::Kind, n: u32) -> std::result::Result<(), Status> {
     index.limits.take(tenant, kind, n).map_err(|r| {
         ServiceError::RateLimited {
             limit: r.kind.field().to_string(),

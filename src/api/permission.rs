@@ -8,7 +8,6 @@ use tonic::{Request, Response, Status};
 
 use super::confine::TenantFields;
 use super::convert::{context_from, effect_to, scope_strings, source_to, statement_to, ts_to};
-use super::ratelimit::Kind;
 use super::{AppState, auth, rate, tenant_field};
 use crate::engine::cost::CHECK_BUDGET;
 use crate::engine::{
@@ -16,6 +15,7 @@ use crate::engine::{
     RoleKey, Timestamp, check_bulk_in, lookup_subjects_in,
 };
 use crate::error::ServiceError;
+use crate::ratelimit::Kind;
 use crate::repo::{MAX_PAGE, token};
 use crate::telemetry::Metrics;
 

@@ -6,7 +6,7 @@
 //! operators applied to types that can never support them (`subject + 1`,
 //! `now < 'x'`), each with its line and column. Values read from `context`
 //! are dynamic, so anything involving them is left to run time, where an
-//! error fails closed (see `index` for what that means for ALLOW and DENY).
+//! error fails closed (see [the decision rules](crate::engine) for what that means for ALLOW and DENY).
 //!
 //! Variables: `subject`, `action`, `resource` (strings), `context` (the
 //! request's attributes, a map) and `now` (a timestamp).

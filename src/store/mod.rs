@@ -244,6 +244,3 @@ pub(crate) fn add_le(old: Option<&[u8]>, delta: i64) -> Vec<u8> {
     let cur = old.and_then(|b| b.try_into().ok()).map(i64::from_le_bytes).unwrap_or(0);
     cur.wrapping_add(delta).to_le_bytes().to_vec()
 }
-
-#[cfg(test)]
-pub(crate) mod conformance;

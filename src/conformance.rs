@@ -1,8 +1,10 @@
-//! One conformance suite for every backend: each test takes a fresh store.
+//! One conformance suite for every store backend (each test takes a fresh
+//! store): the store's contract, and the leases and changelog built on it.
+//! Test-only; it sits above `store` because it exercises the layers on top.
 
 use std::sync::Arc;
 
-use super::*;
+use crate::store::*;
 
 type Make<'a> = dyn Fn() -> Arc<dyn Store> + 'a;
 
@@ -272,4 +274,25 @@ fn foundationdb_backend_conformance() {
     println!(
         "SKIPPED: the FoundationDB conformance suite needs `cargo test --features fdb` and FDB_CLUSTER_FILE naming a cluster"
     );
+}
+
+/// The suite against a real cluster when `FDB_CLUSTER_FILE` names one.
+/// Each store starts from an empty database.
+#[cfg(feature = "fdb")]
+#[test]
+fn foundationdb_backend_conforms() {
+    use crate::store::fdb::{FdbStore, stop_network};
+    let Ok(path) = std::env::var("FDB_CLUSTER_FILE") else {
+        println!("SKIPPED: FDB_CLUSTER_FILE is not set, so the FoundationDB conformance suite did not run");
+        return;
+    };
+    let make = || {
+        let s = FdbStore::open(std::path::Path::new(&path)).expect("cluster reachable");
+        let mut tx = s.begin().expect("begin");
+        tx.clear_range(b"", b"\xff").expect("clear");
+        tx.commit().expect("commit");
+        Arc::new(s) as Arc<dyn Store>
+    };
+    all(&make);
+    stop_network();
 }
