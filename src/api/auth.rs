@@ -412,7 +412,9 @@ mod tests {
         assert_eq!(&*c.name, "admin");
         let denied = k.caller(&req(Some("Bearer acme-key")), Some(Scope::Admin)).unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-        assert!(denied.message().contains("admin scope"));
+        let info = tonic_types::StatusExt::get_details_error_info(&denied).expect("ErrorInfo");
+        assert_eq!(info.reason, "SCOPE_MISSING");
+        assert_eq!(info.metadata["scope"], "admin");
     }
 
     #[test]

@@ -38,9 +38,14 @@ impl Repo {
             corrupt: Vec::new(),
             version,
         };
-        let root = ks::root();
-        for kind in ["t", "v", "r", "b", "m"] {
-            let (begin, end) = tuple::prefix_range(&root.clone().str(kind).into_vec());
+        for (kind, prefix) in [
+            ("t", ks::tenants()),
+            ("v", ks::all_vaults()),
+            ("r", ks::all_roles()),
+            ("b", ks::all_bindings()),
+            ("m", ks::all_memberships()),
+        ] {
+            let (begin, end) = tuple::prefix_range(&prefix);
             let mut cursor = begin;
             // Each chunk is its own short transaction (FoundationDB's 5 s
             // limit); what changes between chunks is replayed from the feed.
@@ -160,7 +165,7 @@ impl Repo {
             if v.is_none() {
                 // The whole tenant: its own log and every vault's (deleted
                 // vaults included), merged by version.
-                let begin = ks::root().str("log").str(t.as_str()).into_vec();
+                let begin = ks::log_of_tenant(t.as_str());
                 let (_, end) = tuple::prefix_range(&begin);
                 for (k, val) in tx.range(
                     &begin,

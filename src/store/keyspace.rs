@@ -65,6 +65,18 @@ pub fn vaults(t: &str) -> Vec<u8> {
 pub fn all_vaults() -> Vec<u8> {
     root().str("v").into_vec()
 }
+/// Prefix of every role of every tenant and vault.
+pub fn all_roles() -> Vec<u8> {
+    root().str("r").into_vec()
+}
+/// Prefix of every binding record (not the index rows).
+pub fn all_bindings() -> Vec<u8> {
+    root().str("b").into_vec()
+}
+/// Prefix of every membership record (not the reverse rows).
+pub fn all_memberships() -> Vec<u8> {
+    root().str("m").into_vec()
+}
 pub fn role(t: &str, vault: Option<&str>, name: &str) -> Vec<u8> {
     root().str("r").str(t).str(v(vault)).str(name).into_vec()
 }
@@ -119,6 +131,10 @@ pub fn log_at(t: &str, vault: Option<&str>, version: u64) -> Vec<u8> {
 }
 pub fn log_of_scope(t: &str, vault: Option<&str>) -> Vec<u8> {
     root().str("log").str(t).str(v(vault)).into_vec()
+}
+/// Prefix of a tenant's whole changelog: its own and every vault's.
+pub fn log_of_tenant(t: &str) -> Vec<u8> {
+    root().str("log").str(t).into_vec()
 }
 pub fn log_all() -> Vec<u8> {
     root().str("log").into_vec()
