@@ -70,6 +70,11 @@ async fn one_leader_and_failover_within_the_ttl() {
         assert!(leaders(&[&a, &b, &c]).len() <= 1);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Each replica's metrics are its own: only the leader's gauge says so.
+    let gauges: Vec<i64> = [&a, &b, &c].iter().map(|r| r.metrics().leader.get()).collect();
+    let mut expected = vec![0; 3];
+    expected[first] = 1;
+    assert_eq!(gauges, expected);
     // Stop the leader: another takes over within the TTL (it released the lease).
     let mut rs = vec![a, b, c];
     let leader = rs.remove(first);
