@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -59,6 +60,9 @@ pub enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// Run policy test suites (`*.test.yaml`) offline, with the engine in
+    /// process: exit 0 when all pass, 1 when one fails, 2 on an invalid file.
+    Test(TestArgs),
     /// Print the SHA-256 of an API key secret, for the keys file.
     HashKey {
         /// The secret.
@@ -234,6 +238,32 @@ pub struct CheckArgs {
     pub at_least_as_fresh: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Test files, or directories searched recursively for `*.test.yaml`.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Also write a JUnit XML report here.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+    /// Print how many cases each role statement and binding applied in, and
+    /// those no case exercised.
+    #[arg(long)]
+    pub coverage: bool,
+    /// Fail (exit 1) when less than this share (in percent) of role
+    /// statements and bindings was exercised.
+    #[arg(long, value_parser = clap::value_parser!(f64))]
+    pub min_coverage: Option<f64>,
+}
+
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     #[command(flatten)]
@@ -306,8 +336,10 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-pub async fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+/// Runs a command; the exit code says how it went (commands that only
+/// succeed or fail use 0 and, through the error, 1).
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let done = match cli.command {
         Command::Serve(args) => {
             let opts = args.options()?;
             let result = crate::server::run(opts).await;
@@ -321,11 +353,51 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Import(a) => import(a).await,
         Command::Export(a) => export(a).await,
         Command::Health { client, service } => health(client, service).await,
+        Command::Test(a) => return Ok(policy_test(a)),
         Command::HashKey { secret } => {
             println!("{}", Keys::hash(&secret));
             Ok(())
         }
+    };
+    done.map(|()| ExitCode::SUCCESS)
+}
+
+/// `portcullis test`: 0 when every case passed (and coverage is enough),
+/// 1 when one failed, 2 when a file is invalid.
+fn policy_test(a: TestArgs) -> ExitCode {
+    let report = match crate::policytest::run(&a.paths) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match a.output {
+        OutputFormat::Text => print!(
+            "{}",
+            crate::policytest::report::text(&report, a.coverage || a.min_coverage.is_some())
+        ),
+        OutputFormat::Json => println!("{}", crate::policytest::report::json(&report)),
     }
+    if let Some(path) = &a.junit
+        && let Err(e) = std::fs::write(path, crate::policytest::report::junit(&report))
+    {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return ExitCode::from(2);
+    }
+    if report.failed > 0 {
+        return ExitCode::from(1);
+    }
+    if let Some(min) = a.min_coverage
+        && report.coverage_percent + 1e-9 < min
+    {
+        eprintln!(
+            "coverage {:.1}% is below --min-coverage {min}%",
+            report.coverage_percent
+        );
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
 }
 
 async fn health(c: ClientArgs, service: String) -> Result<()> {

@@ -17,6 +17,7 @@
 //! - [`server`]: wiring everything into a running server.
 //! - [`manifest`]: the Kubernetes-shaped documents `apply`, `import` and
 //!   `export` use, and the writes that apply them.
+//! - [`policytest`]: `portcullis test`, policy test suites run offline with coverage.
 //! - [`cli`]: the command line.
 //! - [`telemetry`]: logs, and the metrics each server owns.
 //! - `conformance` (tests only): the suite every store backend passes.
@@ -33,6 +34,7 @@ pub mod index;
 pub mod jobs;
 pub mod lease;
 pub mod manifest;
+pub mod policytest;
 pub mod pool;
 pub mod ratelimit;
 pub mod repo;

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::engine::ids::*;
 use crate::engine::model::*;
 
-pub use writes::{DocumentError, vault_of, writes_of};
+pub use writes::{DocumentError, Objects, objects_of, vault_of, writes_of};
 
 pub const API_VERSION: &str = "portcullis.dev/v1alpha1";
 

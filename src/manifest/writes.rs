@@ -71,11 +71,22 @@ impl<T: Clone> Batches<T> {
     }
 }
 
-/// The writes that apply `docs`, validated: the first invalid document is
-/// refused before anything is written.
-pub fn writes_of(docs: &[Document]) -> Result<Vec<Write>, DocumentError> {
+/// The objects documents declare, in dependency order: tenants parents
+/// first, then vaults, roles, memberships and bindings as they appear.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Objects {
+    pub tenants: Vec<Tenant>,
+    pub vaults: Vec<Vault>,
+    pub roles: Vec<Role>,
+    pub memberships: Vec<Membership>,
+    pub bindings: Vec<Binding>,
+}
+
+/// The objects `docs` declare, each checked as a document (identifiers,
+/// field paths); the first invalid document is the error.
+pub fn objects_of(docs: &[Document]) -> Result<Objects, DocumentError> {
     let labels = Labels::new();
-    let mut out = Vec::new();
+    let mut out = Objects::default();
     let mut tenants: Vec<(&Metadata, &TenantSpec)> = docs
         .iter()
         .filter_map(|d| match d {
@@ -85,32 +96,21 @@ pub fn writes_of(docs: &[Document]) -> Result<Vec<Write>, DocumentError> {
         .collect();
     tenants.sort_by_key(|(m, _)| m.name.matches('.').count());
     for (metadata, spec) in tenants {
-        let t = tenant_of(&metadata.name, spec, &labels).map_err(bad(format!("Tenant {}", metadata.name)))?;
-        out.push(Write::Tenant(pb::ApplyTenantRequest {
-            tenant: Some(convert::tenant_to(&t, 0, None)),
-            expected_revision: String::new(),
-        }));
+        out.tenants
+            .push(tenant_of(&metadata.name, spec, &labels).map_err(bad(format!("Tenant {}", metadata.name)))?);
     }
     for d in docs {
         if let Document::Vault { metadata, spec, .. } = d {
-            let v = vault_of(&metadata.name, spec, &labels).map_err(bad(format!("Vault {}", metadata.name)))?;
-            out.push(Write::Vault(pb::ApplyVaultRequest {
-                vault: Some(convert::vault_to(&v, 0)),
-                expected_revision: String::new(),
-            }));
+            out.vaults
+                .push(vault_of(&metadata.name, spec, &labels).map_err(bad(format!("Vault {}", metadata.name)))?);
         }
     }
     for d in docs {
         if let Document::Role { metadata, spec, .. } = d {
-            let r = role_of(&metadata.name, spec, &labels).map_err(bad(format!("Role {}", metadata.name)))?;
-            out.push(Write::Role(pb::ApplyRoleRequest {
-                role: Some(convert::role_to(&r, 0)),
-                expected_revision: String::new(),
-            }));
+            out.roles
+                .push(role_of(&metadata.name, spec, &labels).map_err(bad(format!("Role {}", metadata.name)))?);
         }
     }
-    let mut bindings = Batches(Vec::new());
-    let mut memberships = Batches(Vec::new());
     for d in docs {
         match d {
             Document::Vault { metadata, spec, .. } => {
@@ -118,35 +118,68 @@ pub fn writes_of(docs: &[Document]) -> Result<Vec<Write>, DocumentError> {
                 let v = vault_of(&metadata.name, spec, &labels).map_err(bad(what.clone()))?;
                 for (i, b) in spec.bindings.iter().enumerate() {
                     let field = format!("spec.bindings[{i}]");
-                    let b = binding_of(&field, &v.tenant, Some(&v.name), b, Source::Api, &labels)
-                        .map_err(bad(what.clone()))?;
-                    bindings.add(&v.tenant, Some(&v.name), convert::binding_to(&b));
+                    out.bindings.push(
+                        binding_of(&field, &v.tenant, Some(&v.name), b, Source::Api, &labels)
+                            .map_err(bad(what.clone()))?,
+                    );
                 }
                 for (i, m) in spec.memberships.iter().enumerate() {
                     let field = format!("spec.memberships[{i}]");
-                    for m in
-                        memberships_of(&field, &v.tenant, Some(&v.name), m, Source::Api).map_err(bad(what.clone()))?
-                    {
-                        memberships.add(&v.tenant, Some(&v.name), convert::membership_to(&m));
-                    }
+                    out.memberships.extend(
+                        memberships_of(&field, &v.tenant, Some(&v.name), m, Source::Api).map_err(bad(what.clone()))?,
+                    );
                 }
             }
             Document::Binding { spec, .. } => {
                 let (t, v) = scope_of_doc(&spec.tenant, spec.vault.as_deref()).map_err(bad("Binding".into()))?;
-                let b = binding_of("spec", &t, v.as_ref(), &spec.binding, Source::Api, &labels)
-                    .map_err(bad("Binding".into()))?;
-                bindings.add(&t, v.as_ref(), convert::binding_to(&b));
+                out.bindings.push(
+                    binding_of("spec", &t, v.as_ref(), &spec.binding, Source::Api, &labels)
+                        .map_err(bad("Binding".into()))?,
+                );
             }
             Document::Membership { spec, .. } => {
                 let (t, v) = scope_of_doc(&spec.tenant, spec.vault.as_deref()).map_err(bad("Membership".into()))?;
-                for m in memberships_of("spec", &t, v.as_ref(), &spec.membership, Source::Api)
-                    .map_err(bad("Membership".into()))?
-                {
-                    memberships.add(&t, v.as_ref(), convert::membership_to(&m));
-                }
+                out.memberships.extend(
+                    memberships_of("spec", &t, v.as_ref(), &spec.membership, Source::Api)
+                        .map_err(bad("Membership".into()))?,
+                );
             }
             _ => {}
         }
+    }
+    Ok(out)
+}
+
+/// The writes that apply `docs`, validated: the first invalid document is
+/// refused before anything is written.
+pub fn writes_of(docs: &[Document]) -> Result<Vec<Write>, DocumentError> {
+    let objects = objects_of(docs)?;
+    let mut out = Vec::new();
+    for t in &objects.tenants {
+        out.push(Write::Tenant(pb::ApplyTenantRequest {
+            tenant: Some(convert::tenant_to(t, 0, None)),
+            expected_revision: String::new(),
+        }));
+    }
+    for v in &objects.vaults {
+        out.push(Write::Vault(pb::ApplyVaultRequest {
+            vault: Some(convert::vault_to(v, 0)),
+            expected_revision: String::new(),
+        }));
+    }
+    for r in &objects.roles {
+        out.push(Write::Role(pb::ApplyRoleRequest {
+            role: Some(convert::role_to(r, 0)),
+            expected_revision: String::new(),
+        }));
+    }
+    let mut memberships = Batches(Vec::new());
+    for m in &objects.memberships {
+        memberships.add(&m.tenant, m.vault.as_ref(), convert::membership_to(m));
+    }
+    let mut bindings = Batches(Vec::new());
+    for b in &objects.bindings {
+        bindings.add(&b.tenant, b.vault.as_ref(), convert::binding_to(b));
     }
     out.extend(memberships.writes(|tenant, vault, upserts| {
         Write::Memberships(pb::WriteMembershipsRequest {
