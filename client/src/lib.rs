@@ -90,6 +90,8 @@ unary! {
         list_bindings(pb::ListBindingsRequest) -> pb::ListBindingsResponse;
         write_memberships(pb::WriteMembershipsRequest) -> pb::WriteResponse;
         list_memberships(pb::ListMembershipsRequest) -> pb::ListMembershipsResponse;
+        /// What a change would do, without writing it.
+        plan_changes(pb::PlanChangesRequest) -> pb::PlanChangesResponse;
     }
     permission {
         check_permission(pb::CheckPermissionRequest) -> pb::CheckPermissionResponse;

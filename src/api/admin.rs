@@ -627,6 +627,23 @@ impl AdminService for AdminApi {
         .await
     }
 
+    async fn plan_changes(&self, request: Request<pb::PlanChangesRequest>) -> Res<pb::PlanChangesResponse> {
+        self.state
+            .observed(SVC, "PlanChanges", async {
+                let caller = auth::caller(&request)?;
+                caller.require_all(&request.get_ref().tenant_fields())?;
+                let r = request.into_inner();
+                let index = self.state.index()?.clone();
+                // Planning can touch whole lineages: the bounded pool.
+                let plan = self
+                    .state
+                    .expensive(move || super::plan::plan(&index.engine(), &r, crate::engine::Timestamp::now()))
+                    .await?;
+                Ok(Response::new(plan))
+            })
+            .await
+    }
+
     type ExportVaultStream =
         std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ExportVaultResponse, Status>> + Send + 'static>>;
 

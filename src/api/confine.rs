@@ -120,6 +120,48 @@ impl TenantFields for pb::WriteMembershipsRequest {
     }
 }
 
+impl TenantFields for pb::PlanChangesRequest {
+    fn tenant_fields(&self) -> Fields<'_> {
+        let mut out = Fields::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            nested(&mut out, format!("tenants[{i}].id"), &t.id);
+        }
+        for (i, x) in self.vaults.iter().enumerate() {
+            nested(&mut out, format!("vaults[{i}].tenant"), &x.tenant);
+        }
+        for (i, x) in self.roles.iter().enumerate() {
+            nested(&mut out, format!("roles[{i}].tenant"), &x.tenant);
+        }
+        for (i, x) in self.bindings.iter().enumerate() {
+            nested(&mut out, format!("bindings[{i}].tenant"), &x.tenant);
+        }
+        for (name, list) in [
+            ("memberships", &self.memberships),
+            ("delete_memberships", &self.delete_memberships),
+        ] {
+            for (i, m) in list.iter().enumerate() {
+                nested(&mut out, format!("{name}[{i}].tenant"), &m.tenant);
+            }
+        }
+        for (i, t) in self.delete_tenants.iter().enumerate() {
+            nested(&mut out, format!("delete_tenants[{i}]"), t);
+        }
+        for (name, list) in [
+            ("delete_vaults", &self.delete_vaults),
+            ("delete_roles", &self.delete_roles),
+            ("delete_bindings", &self.delete_bindings),
+        ] {
+            for (i, o) in list.iter().enumerate() {
+                nested(&mut out, format!("{name}[{i}].tenant"), &o.tenant);
+            }
+        }
+        for (i, p) in self.probes.iter().enumerate() {
+            nested(&mut out, format!("probes[{i}].tenant"), &p.tenant);
+        }
+        out
+    }
+}
+
 /// One message of an import stream; `i` is its position in the stream.
 pub fn import_fields(i: usize, m: &pb::ImportVaultRequest) -> Fields<'_> {
     use pb::import_vault_request::Item;

@@ -521,3 +521,45 @@ pub fn scope_strings(s: &Scope) -> (String, String) {
         s.vault.as_ref().map(|v| v.to_string()).unwrap_or_default(),
     )
 }
+
+pub fn reason_to(r: crate::engine::Reason) -> i32 {
+    use crate::engine::Reason;
+    (match r {
+        Reason::Allowed => pb::Reason::Allowed,
+        Reason::ExplicitDeny => pb::Reason::ExplicitDeny,
+        Reason::NoMatch => pb::Reason::NoMatch,
+        Reason::TenantSuspended => pb::Reason::TenantSuspended,
+    }) as i32
+}
+
+/// An effective statement as GetEffectivePermissions (and PlanChanges)
+/// report it.
+pub fn effective_to(e: &crate::engine::EffectiveStatement) -> pb::EffectiveStatement {
+    let (bt, bv) = scope_strings(&Scope {
+        tenant: e.binding.tenant.clone(),
+        vault: e.binding.vault.clone(),
+    });
+    let (dt, dv) = scope_strings(&e.defined_in);
+    pb::EffectiveStatement {
+        statement: Some(statement_to(&e.statement)),
+        binding_id: e.binding.id.clone(),
+        binding_tenant: bt,
+        binding_vault: bv,
+        binding_scope: e.binding.scope.clone(),
+        binding_condition: e.binding.condition.clone().unwrap_or_default(),
+        not_before: e.binding.not_before.map(ts_to),
+        expires_at: e.binding.expires_at.map(ts_to),
+        principal: e.principal.clone(),
+        group_path: e.group_path.clone(),
+        role: e
+            .role
+            .as_ref()
+            .map(|k| k.name.to_string())
+            .unwrap_or_else(|| "inline".into()),
+        role_path: e.role_path.iter().map(|k| k.to_string()).collect(),
+        defined_tenant: dt,
+        defined_vault: dv,
+        active: e.active,
+        source: source_to(e.binding.source),
+    }
+}

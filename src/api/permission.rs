@@ -7,12 +7,12 @@ use portcullis_proto::v1::permission_service_server::PermissionService;
 use tonic::{Request, Response, Status};
 
 use super::confine::TenantFields;
-use super::convert::{context_from, effect_to, scope_strings, source_to, statement_to, ts_to};
+use super::convert::{context_from, effect_to, effective_to, reason_to, scope_strings};
 use super::{AppState, auth, rate, tenant_field};
 use crate::engine::cost::CHECK_BUDGET;
 use crate::engine::{
-    CheckItem, CheckResult, EntryOutcome, Explanation, PageRequest, Possibility, Reason, RequestContext, ResourceRule,
-    RoleKey, Timestamp, check_bulk_in, lookup_subjects_in,
+    CheckItem, CheckResult, EntryOutcome, Explanation, PageRequest, Possibility, RequestContext, ResourceRule, RoleKey,
+    Timestamp, check_bulk_in, lookup_subjects_in,
 };
 use crate::error::ServiceError;
 use crate::ratelimit::Kind;
@@ -24,15 +24,6 @@ pub const MAX_BULK: usize = 1000;
 
 pub struct PermissionApi {
     pub state: Arc<AppState>,
-}
-
-fn reason_to(r: Reason) -> i32 {
-    (match r {
-        Reason::Allowed => pb::Reason::Allowed,
-        Reason::ExplicitDeny => pb::Reason::ExplicitDeny,
-        Reason::NoMatch => pb::Reason::NoMatch,
-        Reason::TenantSuspended => pb::Reason::TenantSuspended,
-    }) as i32
 }
 
 fn role_key(k: &RoleKey) -> String {
@@ -369,38 +360,7 @@ impl PermissionService for PermissionApi {
                             .effective_permissions(&tenant, &vault, &subject, Timestamp::now())
                     })
                     .await??;
-                let statements = eff
-                    .iter()
-                    .map(|e| {
-                        let (bt, bv) = scope_strings(&crate::engine::Scope {
-                            tenant: e.binding.tenant.clone(),
-                            vault: e.binding.vault.clone(),
-                        });
-                        let (dt, dv) = scope_strings(&e.defined_in);
-                        pb::EffectiveStatement {
-                            statement: Some(statement_to(&e.statement)),
-                            binding_id: e.binding.id.clone(),
-                            binding_tenant: bt,
-                            binding_vault: bv,
-                            binding_scope: e.binding.scope.clone(),
-                            binding_condition: e.binding.condition.clone().unwrap_or_default(),
-                            not_before: e.binding.not_before.map(ts_to),
-                            expires_at: e.binding.expires_at.map(ts_to),
-                            principal: e.principal.clone(),
-                            group_path: e.group_path.clone(),
-                            role: e
-                                .role
-                                .as_ref()
-                                .map(|k| k.name.to_string())
-                                .unwrap_or_else(|| "inline".into()),
-                            role_path: e.role_path.iter().map(role_key).collect(),
-                            defined_tenant: dt,
-                            defined_vault: dv,
-                            active: e.active,
-                            source: source_to(e.binding.source),
-                        }
-                    })
-                    .collect();
+                let statements = eff.iter().map(effective_to).collect();
                 Ok(Response::new(pb::GetEffectivePermissionsResponse {
                     statements,
                     checked_at: token(at),

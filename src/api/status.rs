@@ -162,6 +162,18 @@ fn status(e: ServiceError) -> Status {
     }
 }
 
+/// A violation list in a response body (PlanChanges): every violation up
+/// to 1,000, each cut to size.
+pub fn field_violations(v: &Violations) -> Vec<portcullis_proto::v1::FieldViolation> {
+    v.0.iter()
+        .take(1000)
+        .map(|f| portcullis_proto::v1::FieldViolation {
+            field: cut(&f.field, MAX_RULE_BYTES),
+            description: cut(&f.rule, MAX_RULE_BYTES),
+        })
+        .collect()
+}
+
 /// A violation list as the bulk check reports per-item errors.
 pub fn item_error(v: &crate::engine::Violations) -> portcullis_proto::v1::ItemError {
     portcullis_proto::v1::ItemError {

@@ -41,6 +41,7 @@ pub mod dataset;
 pub mod ids;
 pub mod model;
 pub mod pattern;
+pub mod plan;
 pub mod validate;
 
 mod catalog;

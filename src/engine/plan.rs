@@ -1,0 +1,204 @@
+//! Planning a change without writing it: the objects as they are, and the
+//! access a batch of changes would grant and revoke.
+//!
+//! The plan never touches the live engine's state. For the vaults a change
+//! can affect it builds two scratch engines holding exactly what those
+//! vaults' decisions depend on (their tenant lineage's tenants, roles,
+//! bindings and memberships, and the vault's own), one as it is and one
+//! with the changes applied, and compares every subject's effective
+//! statements in each. Work is proportional to the affected lineages, not
+//! to the installation.
+
+use std::collections::BTreeSet;
+
+use super::Engine;
+use super::ids::{Subject, TenantId, VaultName};
+use super::model::*;
+use super::view::EffectiveStatement;
+
+/// One subject whose effective statements in one vault change.
+#[derive(Debug, Clone)]
+pub struct AccessDelta {
+    pub tenant: TenantId,
+    pub vault: VaultName,
+    pub subject: String,
+    pub gained: Vec<EffectiveStatement>,
+    pub lost: Vec<EffectiveStatement>,
+}
+
+/// What identifies an effective statement when comparing before and after:
+/// everything GetEffectivePermissions reports.
+fn identity(e: &EffectiveStatement) -> String {
+    format!(
+        "{:?}|{:?}|{}|{:?}|{:?}|{:?}|{}|{:?}|{}",
+        e.statement, e.binding, e.principal, e.group_path, e.role, e.role_path, e.index, e.defined_in, e.active
+    )
+}
+
+impl Engine {
+    /// The stored tenant, if the engine holds it.
+    pub fn tenant_record(&self, id: &TenantId) -> Option<Tenant> {
+        self.catalog().tenants.get(id).and_then(|n| n.tenant.clone())
+    }
+
+    /// The stored vault, if the engine holds it.
+    pub fn vault_record(&self, t: &TenantId, v: &VaultName) -> Option<Vault> {
+        let cat = self.catalog();
+        let key = VaultKey {
+            tenant: t.clone(),
+            vault: v.clone(),
+        };
+        cat.vaults.get(&key).map(|n| n.handle.load().vault().clone())
+    }
+
+    /// Every vault of `t` and of the tenants below it.
+    pub fn vaults_within(&self, t: &TenantId) -> Vec<(TenantId, VaultName)> {
+        let cat = self.catalog();
+        cat.vaults
+            .keys()
+            .filter(|k| k.tenant.is_within(t))
+            .map(|k| (k.tenant.clone(), k.vault.clone()))
+            .collect()
+    }
+
+    /// The objects `vaults` depend on, as changes that recreate them.
+    fn lineage_changes(&self, vaults: &[(TenantId, VaultName)]) -> Vec<Change> {
+        let mut tenants = BTreeSet::new();
+        let mut scopes = BTreeSet::new();
+        for (t, v) in vaults {
+            for a in t.lineage() {
+                tenants.insert(a.clone());
+                scopes.insert(Scope::tenant(&a));
+            }
+            scopes.insert(Scope::vault(t, v));
+        }
+        let mut out = Vec::new();
+        // Parents first, so each tenant's chain is complete when it is applied.
+        let mut tenants: Vec<TenantId> = tenants.into_iter().collect();
+        tenants.sort_by_key(|t| t.depth());
+        for t in &tenants {
+            if let Some(rec) = self.tenant_record(t) {
+                out.push(Change::PutTenant(rec));
+            }
+        }
+        for (t, v) in vaults {
+            if let Some(rec) = self.vault_record(t, v) {
+                out.push(Change::PutVault(rec));
+            }
+        }
+        for scope in &scopes {
+            let (c, _) = self.scope_contents(scope);
+            out.extend(c.roles.into_values().map(Change::PutRole));
+            out.extend(c.bindings.into_values().map(Change::PutBinding));
+            for (group, member) in c.memberships {
+                let (Ok(group), Ok(member)) = (Subject::parse(&group), Subject::parse(&member)) else {
+                    continue;
+                };
+                out.push(Change::PutMembership(Membership {
+                    tenant: scope.tenant.clone(),
+                    vault: scope.vault.clone(),
+                    group,
+                    member,
+                    source: Source::Api,
+                }));
+            }
+        }
+        out
+    }
+
+    /// A scratch engine holding what `vaults` depend on, with `changes`
+    /// applied on top.
+    pub fn fork(&self, vaults: &[(TenantId, VaultName)], changes: &[Change]) -> Engine {
+        let e = Engine::new();
+        e.apply(1, &self.lineage_changes(vaults));
+        if !changes.is_empty() {
+            e.apply(2, changes);
+        }
+        e
+    }
+
+    /// The subjects that appear in what `vault` depends on: those bound and
+    /// those in a membership, as group or member.
+    fn subjects_of(&self, t: &TenantId, v: &VaultName) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut scopes: Vec<Scope> = t.lineage().iter().map(Scope::tenant).collect();
+        scopes.push(Scope::vault(t, v));
+        for s in &scopes {
+            let (c, _) = self.scope_contents(s);
+            out.extend(c.bindings.values().map(|b| b.subject.to_string()));
+            for (g, m) in c.memberships {
+                out.insert(g);
+                out.insert(m);
+            }
+        }
+        out
+    }
+}
+
+/// The vaults a batch of changes can affect: a vault-level change its vault;
+/// a tenant-level change (a tenant, or its roles, bindings, memberships)
+/// every vault of the tenant and below, before and after.
+pub fn affected_vaults(base: &Engine, changes: &[Change]) -> Vec<(TenantId, VaultName)> {
+    let mut out = BTreeSet::new();
+    let mut tenant_wide = BTreeSet::new();
+    for c in changes {
+        let scope = c.scope();
+        match (&scope.vault, c) {
+            (_, Change::PutVault(v)) => {
+                out.insert((v.tenant.clone(), v.name.clone()));
+            }
+            (Some(v), _) => {
+                out.insert((scope.tenant.clone(), v.clone()));
+            }
+            (None, _) => {
+                tenant_wide.insert(scope.tenant.clone());
+            }
+        }
+    }
+    for t in &tenant_wide {
+        out.extend(base.vaults_within(t));
+        for c in changes {
+            if let Change::PutVault(v) = c
+                && v.tenant.is_within(t)
+            {
+                out.insert((v.tenant.clone(), v.name.clone()));
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Every subject whose effective statements in an affected vault change,
+/// with what it gains and loses, at `now`.
+pub fn access_impact(base: &Engine, changes: &[Change], now: Timestamp) -> Vec<AccessDelta> {
+    let vaults = affected_vaults(base, changes);
+    let before = base.fork(&vaults, &[]);
+    let after = base.fork(&vaults, changes);
+    let mut out = Vec::new();
+    for (t, v) in &vaults {
+        let mut subjects = before.subjects_of(t, v);
+        subjects.extend(after.subjects_of(t, v));
+        for s in subjects {
+            let b = before
+                .effective_permissions(t.as_str(), v.as_str(), &s, now)
+                .unwrap_or_default();
+            let a = after
+                .effective_permissions(t.as_str(), v.as_str(), &s, now)
+                .unwrap_or_default();
+            let bi: BTreeSet<String> = b.iter().map(identity).collect();
+            let ai: BTreeSet<String> = a.iter().map(identity).collect();
+            let gained: Vec<EffectiveStatement> = a.into_iter().filter(|e| !bi.contains(&identity(e))).collect();
+            let lost: Vec<EffectiveStatement> = b.into_iter().filter(|e| !ai.contains(&identity(e))).collect();
+            if !gained.is_empty() || !lost.is_empty() {
+                out.push(AccessDelta {
+                    tenant: t.clone(),
+                    vault: v.clone(),
+                    subject: s,
+                    gained,
+                    lost,
+                });
+            }
+        }
+    }
+    out
+}
