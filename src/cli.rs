@@ -48,6 +48,10 @@ pub enum Command {
     Check(CheckArgs),
     /// Apply manifests (Tenant, Vault, Role, Binding, Membership documents).
     Apply(ApplyArgs),
+    /// Show what applying a manifest would change: each object, and the
+    /// access every subject gains and loses. Exit 0 when nothing would
+    /// change, 1 when something would, 2 when the manifest is invalid.
+    Diff(DiffArgs),
     /// Load roles, bindings and memberships from a manifest into a vault.
     Import(ImportArgs),
     /// Write a vault, its roles, bindings and memberships as a manifest.
@@ -271,6 +275,23 @@ pub struct ApplyArgs {
     /// Manifest file ('-' for standard input).
     #[arg(short = 'f', long = "filename")]
     pub file: PathBuf,
+    /// Print what applying would change (as `diff` does) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: text or json.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Manifest file ('-' for standard input).
+    #[arg(short = 'f', long = "filename")]
+    pub file: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Args)]
@@ -350,6 +371,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Check(a) => check(a).await,
         Command::Apply(a) => apply(a).await,
+        Command::Diff(a) => return diff(a).await,
         Command::Import(a) => import(a).await,
         Command::Export(a) => export(a).await,
         Command::Health { client, service } => health(client, service).await,
@@ -493,7 +515,38 @@ async fn check(a: CheckArgs) -> Result<()> {
     Ok(())
 }
 
+/// Plans applying a manifest; prints the plan.
+async fn plan_of(client: &ClientArgs, file: &PathBuf, output: OutputFormat) -> Result<pb::PlanChangesResponse> {
+    let text = read_input(file)?;
+    let docs = manifest::parse_documents(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let request = crate::diff::request_of(&docs)?;
+    let plan = connect(client).await?.plan_changes(request).await?;
+    match output {
+        OutputFormat::Text => print!("{}", crate::diff::text(&plan)),
+        OutputFormat::Json => println!("{}", crate::diff::json(&plan)),
+    }
+    Ok(plan)
+}
+
+async fn diff(a: DiffArgs) -> Result<ExitCode> {
+    let plan = plan_of(&a.client, &a.file, a.output).await?;
+    Ok(if !plan.violations.is_empty() {
+        ExitCode::from(2)
+    } else if crate::diff::changes_anything(&plan) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 async fn apply(a: ApplyArgs) -> Result<()> {
+    if a.dry_run {
+        let plan = plan_of(&a.client, &a.file, a.output).await?;
+        if !plan.violations.is_empty() {
+            bail!("the manifest would be refused ({} violations)", plan.violations.len());
+        }
+        return Ok(());
+    }
     let text = read_input(&a.file)?;
     let docs = manifest::parse_documents(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.file.display()))?;
     let writes = manifest::writes_of(&docs)?;

@@ -18,6 +18,7 @@
 //! - [`manifest`]: the Kubernetes-shaped documents `apply`, `import` and
 //!   `export` use, and the writes that apply them.
 //! - [`policytest`]: `portcullis test`, policy test suites run offline with coverage.
+//! - [`diff`]: `portcullis diff` and `apply --dry-run`: a manifest's plan, rendered.
 //! - [`cli`]: the command line.
 //! - [`telemetry`]: logs, and the metrics each server owns.
 //! - `conformance` (tests only): the suite every store backend passes.
@@ -28,6 +29,7 @@ pub mod api;
 pub mod cli;
 #[cfg(test)]
 mod conformance;
+pub mod diff;
 pub mod engine;
 pub mod error;
 pub mod index;

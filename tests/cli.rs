@@ -144,3 +144,68 @@ async fn apply_check_export_import() {
     );
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_and_dry_run_show_the_plan_and_write_nothing() {
+    let srv = start(ServeOptions::for_tests()).await;
+    let ep = format!("http://{}", srv.addr);
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/acme.yaml");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(args)
+            .env("PORTCULLIS_ENDPOINT", &ep)
+            .output()
+            .expect("cli runs");
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // Everything would be created.
+    let (code, out) = run(&["diff", "-f", example]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("create tenant acme"), "{out}");
+    assert!(out.contains("+ user:carol ALLOW documents:read, documents:list on document:* via binding platform-writers (role doc-writer) as user:carol > group:platform-oncall > group:platform"), "{out}");
+    let (code, _) = run(&["apply", "-f", example]);
+    assert_eq!(code, 0);
+    let (code, out) = run(&["diff", "-f", example]);
+    assert_eq!((code, out.trim()), (0, "no changes"));
+    // Demote the platform writers: an update, and what each member loses.
+    let dir = tempfile::tempdir().unwrap();
+    let edited = dir.path().join("acme.yaml");
+    std::fs::write(
+        &edited,
+        std::fs::read_to_string(example)
+            .unwrap()
+            .replace("      role: doc-writer", "      role: doc-reader"),
+    )
+    .unwrap();
+    let edited = edited.to_str().unwrap();
+    let (code, out) = run(&["apply", "--dry-run", "-f", edited]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("update binding acme/eng/platform:docs platform-writers"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  - grant: !role doc-writer") && out.contains("  + grant: !role doc-reader"),
+        "{out}"
+    );
+    assert!(
+        out.contains("- user:bob ALLOW documents:write, documents:comment on document:* via binding platform-writers"),
+        "{out}"
+    );
+    // The dry run wrote nothing: the diff still shows the change, in JSON too.
+    let (code, out) = run(&["diff", "-f", edited, "--output", "json"]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["changes"], true);
+    assert!(
+        v["access"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["subject"] == "user:bob")
+    );
+    srv.shutdown().await;
+}
