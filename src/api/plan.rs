@@ -257,7 +257,6 @@ fn objects(base: &Engine, changes: &[Change]) -> Vec<pb::PlannedObject> {
     let mut out = Vec::new();
     for c in changes {
         let scope = c.scope();
-        let contents = || base.scope_contents(&scope).0;
         out.push(match c {
             Change::PutTenant(t) => planned(
                 "tenant",
@@ -299,10 +298,8 @@ fn objects(base: &Engine, changes: &[Change]) -> Vec<pb::PlannedObject> {
                 "role",
                 &scope,
                 r.name.to_string(),
-                contents()
-                    .roles
-                    .get(r.name.as_str())
-                    .map(|x| O::Role(role_to(x, 0)))
+                base.role_record(&scope, r.name.as_str())
+                    .map(|x| O::Role(role_to(&x, 0)))
                     .and_then(any),
                 any(O::Role(role_to(r, 0))),
             ),
@@ -310,10 +307,8 @@ fn objects(base: &Engine, changes: &[Change]) -> Vec<pb::PlannedObject> {
                 "role",
                 &scope,
                 name.to_string(),
-                contents()
-                    .roles
-                    .get(name.as_str())
-                    .map(|x| O::Role(role_to(x, 0)))
+                base.role_record(&scope, name.as_str())
+                    .map(|x| O::Role(role_to(&x, 0)))
                     .and_then(any),
                 None,
             ),
@@ -321,10 +316,8 @@ fn objects(base: &Engine, changes: &[Change]) -> Vec<pb::PlannedObject> {
                 "binding",
                 &scope,
                 b.id.clone(),
-                contents()
-                    .bindings
-                    .get(&b.id)
-                    .map(|x| O::Binding(binding_to(x)))
+                base.binding_record(&scope, &b.id)
+                    .map(|x| O::Binding(binding_to(&x)))
                     .and_then(any),
                 any(O::Binding(binding_to(b))),
             ),
@@ -332,17 +325,13 @@ fn objects(base: &Engine, changes: &[Change]) -> Vec<pb::PlannedObject> {
                 "binding",
                 &scope,
                 id.clone(),
-                contents()
-                    .bindings
-                    .get(id)
-                    .map(|x| O::Binding(binding_to(x)))
+                base.binding_record(&scope, id)
+                    .map(|x| O::Binding(binding_to(&x)))
                     .and_then(any),
                 None,
             ),
             Change::PutMembership(m) | Change::DeleteMembership(m) => {
-                let held = contents()
-                    .memberships
-                    .contains(&(m.group.to_string(), m.member.to_string()));
+                let held = base.has_membership(&scope, &m.group, &m.member);
                 let obj = any(O::Membership(membership_to(m)));
                 let put = matches!(c, Change::PutMembership(_));
                 planned(

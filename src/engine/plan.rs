@@ -26,13 +26,39 @@ pub struct AccessDelta {
     pub lost: Vec<EffectiveStatement>,
 }
 
-/// What identifies an effective statement when comparing before and after:
-/// everything GetEffectivePermissions reports.
-fn identity(e: &EffectiveStatement) -> String {
-    format!(
-        "{:?}|{:?}|{}|{:?}|{:?}|{:?}|{}|{:?}|{}",
-        e.statement, e.binding, e.principal, e.group_path, e.role, e.role_path, e.index, e.defined_in, e.active
-    )
+/// Whether two effective statements are the same as GetEffectivePermissions
+/// reports them.
+fn same(a: &EffectiveStatement, b: &EffectiveStatement) -> bool {
+    a.index == b.index
+        && a.active == b.active
+        && a.principal == b.principal
+        && a.group_path == b.group_path
+        && a.role == b.role
+        && a.role_path == b.role_path
+        && a.defined_in == b.defined_in
+        && a.statement == b.statement
+        && (std::sync::Arc::ptr_eq(&a.binding, &b.binding) || *a.binding == *b.binding)
+}
+
+/// The statements of `xs` that `ys` does not hold. Bucketed by binding,
+/// statement and principal, so comparing is linear; written here rather
+/// than hashing whole statements, which formatting-based keys made the
+/// plan's cost.
+fn missing_from(xs: Vec<EffectiveStatement>, ys: &[EffectiveStatement]) -> Vec<EffectiveStatement> {
+    let mut buckets: std::collections::HashMap<(&str, u32, &str), Vec<&EffectiveStatement>> = Default::default();
+    for y in ys {
+        buckets
+            .entry((y.binding.id.as_str(), y.index, y.principal.as_str()))
+            .or_default()
+            .push(y);
+    }
+    xs.into_iter()
+        .filter(|x| {
+            !buckets
+                .get(&(x.binding.id.as_str(), x.index, x.principal.as_str()))
+                .is_some_and(|c| c.iter().any(|y| same(x, y)))
+        })
+        .collect()
 }
 
 impl Engine {
@@ -49,6 +75,31 @@ impl Engine {
             vault: v.clone(),
         };
         cat.vaults.get(&key).map(|n| n.handle.load().vault().clone())
+    }
+
+    /// The stored role `name` of `scope`, if the engine holds it.
+    pub fn role_record(&self, scope: &Scope, name: &str) -> Option<Role> {
+        let cat = self.catalog();
+        let data = cat.scopes.get(scope)?;
+        data.roles
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, e)| (*e.role).clone())
+    }
+
+    /// The stored binding `id` of `scope`, if the engine holds it.
+    pub fn binding_record(&self, scope: &Scope, id: &str) -> Option<Binding> {
+        let cat = self.catalog();
+        cat.scopes.get(scope)?.bindings.get(id).map(|b| (*b.source).clone())
+    }
+
+    /// Whether `member` is a direct member of `group` in `scope`.
+    pub fn has_membership(&self, scope: &Scope, group: &Subject, member: &Subject) -> bool {
+        let cat = self.catalog();
+        cat.scopes
+            .get(scope)
+            .and_then(|d| d.member_of.get(member))
+            .is_some_and(|gs| gs.contains(group))
     }
 
     /// Every vault of `t` and of the tenants below it.
@@ -168,6 +219,66 @@ pub fn affected_vaults(base: &Engine, changes: &[Change]) -> Vec<(TenantId, Vaul
     out.into_iter().collect()
 }
 
+impl Engine {
+    /// group → direct members, over what `vault` depends on.
+    fn members_of(&self, t: &TenantId, v: &VaultName) -> std::collections::HashMap<String, Vec<String>> {
+        let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let mut scopes: Vec<Scope> = t.lineage().iter().map(Scope::tenant).collect();
+        scopes.push(Scope::vault(t, v));
+        for s in &scopes {
+            for (g, m) in self.scope_contents(s).0.memberships {
+                out.entry(g).or_default().push(m);
+            }
+        }
+        out
+    }
+}
+
+/// The subjects whose effective statements a batch of binding and
+/// membership changes can touch: a changed binding's subject, a changed
+/// membership's member, and everyone below them through groups, before or
+/// after. `None` when the batch changes roles, tenants or vaults, which can
+/// touch every subject.
+fn touched_subjects(
+    before: &Engine,
+    after: &Engine,
+    changes: &[Change],
+    t: &TenantId,
+    v: &VaultName,
+) -> Option<BTreeSet<String>> {
+    let mut seeds = Vec::new();
+    for c in changes {
+        match c {
+            Change::PutBinding(b) => {
+                // The binding it replaces may name another subject.
+                let scope = Scope {
+                    tenant: b.tenant.clone(),
+                    vault: b.vault.clone(),
+                };
+                seeds.extend(before.binding_record(&scope, &b.id).map(|old| old.subject.to_string()));
+                seeds.push(b.subject.to_string());
+            }
+            Change::DeleteBinding { scope, id } => {
+                seeds.extend(before.binding_record(scope, id).map(|b| b.subject.to_string()));
+            }
+            Change::PutMembership(m) | Change::DeleteMembership(m) => seeds.push(m.member.to_string()),
+            _ => return None,
+        }
+    }
+    let (mb, ma) = (before.members_of(t, v), after.members_of(t, v));
+    let mut out = BTreeSet::new();
+    while let Some(s) = seeds.pop() {
+        if out.insert(s.clone()) {
+            for m in [&mb, &ma] {
+                if let Some(ms) = m.get(&s) {
+                    seeds.extend(ms.iter().cloned());
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Every subject whose effective statements in an affected vault change,
 /// with what it gains and loses, at `now`.
 pub fn access_impact(base: &Engine, changes: &[Change], now: Timestamp) -> Vec<AccessDelta> {
@@ -176,8 +287,14 @@ pub fn access_impact(base: &Engine, changes: &[Change], now: Timestamp) -> Vec<A
     let after = base.fork(&vaults, changes);
     let mut out = Vec::new();
     for (t, v) in &vaults {
-        let mut subjects = before.subjects_of(t, v);
-        subjects.extend(after.subjects_of(t, v));
+        let subjects = match touched_subjects(&before, &after, changes, t, v) {
+            Some(s) => s,
+            None => {
+                let mut all = before.subjects_of(t, v);
+                all.extend(after.subjects_of(t, v));
+                all
+            }
+        };
         for s in subjects {
             let b = before
                 .effective_permissions(t.as_str(), v.as_str(), &s, now)
@@ -185,10 +302,8 @@ pub fn access_impact(base: &Engine, changes: &[Change], now: Timestamp) -> Vec<A
             let a = after
                 .effective_permissions(t.as_str(), v.as_str(), &s, now)
                 .unwrap_or_default();
-            let bi: BTreeSet<String> = b.iter().map(identity).collect();
-            let ai: BTreeSet<String> = a.iter().map(identity).collect();
-            let gained: Vec<EffectiveStatement> = a.into_iter().filter(|e| !bi.contains(&identity(e))).collect();
-            let lost: Vec<EffectiveStatement> = b.into_iter().filter(|e| !ai.contains(&identity(e))).collect();
+            let gained = missing_from(a.clone(), &b);
+            let lost = missing_from(b, &a);
             if !gained.is_empty() || !lost.is_empty() {
                 out.push(AccessDelta {
                     tenant: t.clone(),
