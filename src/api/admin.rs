@@ -70,6 +70,17 @@ fn confinement(caller: &auth::Caller, tenant: &str) -> Option<Confinement> {
 
 type Res<T> = Result<Response<T>, Status>;
 
+/// A vault named by a request's `tenant` and `field`, both checked at once.
+fn vault_ref(tenant: &str, field: &str, name: &str) -> Result<(TenantId, crate::engine::VaultName), Status> {
+    let mut v = Violations::new();
+    let t = tenant_id(&mut v, "tenant", tenant);
+    let n = vault_name(&mut v, field, name);
+    match (t, n) {
+        (Some(t), Some(n)) => Ok((t, n)),
+        _ => Err(Status::from(v)),
+    }
+}
+
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     async fn apply_tenant(&self, request: Request<pb::ApplyTenantRequest>) -> Res<pb::ApplyTenantResponse> {
@@ -202,12 +213,7 @@ impl AdminService for AdminApi {
                 let caller = auth::caller(&request)?;
                 caller.require_all(&request.get_ref().tenant_fields())?;
                 let r = request.into_inner();
-                let mut v = Violations::new();
-                let t = tenant_id(&mut v, "tenant", &r.tenant);
-                let n = vault_name(&mut v, "name", &r.name);
-                let (Some(t), Some(n)) = (t, n) else {
-                    return Err(Status::from(v));
-                };
+                let (t, n) = vault_ref(&r.tenant, "name", &r.name)?;
                 caller.require_tenant(t.as_str())?;
                 let (vault, rev) = self.state.repo.call(move |repo| repo.get_vault(&t, &n)).await?;
                 Ok(Response::new(vault_to(&vault, rev)))
@@ -243,12 +249,7 @@ impl AdminService for AdminApi {
                 let caller = auth::caller(&request)?;
                 caller.require_all(&request.get_ref().tenant_fields())?;
                 let r = request.into_inner();
-                let mut v = Violations::new();
-                let t = tenant_id(&mut v, "tenant", &r.tenant);
-                let n = vault_name(&mut v, "name", &r.name);
-                let (Some(t), Some(n)) = (t, n) else {
-                    return Err(Status::from(v));
-                };
+                let (t, n) = vault_ref(&r.tenant, "name", &r.name)?;
                 caller.require_tenant(t.as_str())?;
                 self.write_rate(t.as_str())?;
                 let expected = parse_expected(&r.expected_revision)?;
@@ -653,12 +654,7 @@ impl AdminService for AdminApi {
                 let caller = auth::caller(&request)?;
                 caller.require_all(&request.get_ref().tenant_fields())?;
                 let r = request.into_inner();
-                let mut v = Violations::new();
-                let t = tenant_id(&mut v, "tenant", &r.tenant);
-                let n = vault_name(&mut v, "vault", &r.vault);
-                let (Some(t), Some(n)) = (t, n) else {
-                    return Err(Status::from(v));
-                };
+                let (t, n) = vault_ref(&r.tenant, "vault", &r.vault)?;
                 caller.require_tenant(t.as_str())?;
                 let (export, rev) = self.state.repo.call(move |repo| repo.export_vault(&t, &n)).await?;
                 let revision = token(rev);

@@ -384,16 +384,11 @@ pub fn plan(base: &Engine, r: &pb::PlanChangesRequest, now: Timestamp) -> pb::Pl
         };
     }
     let objects = objects(base, &changes);
-    let impact = access_impact(base, &changes, now);
-    let mut probe_vaults: Vec<(TenantId, VaultName)> = Vec::new();
-    for (p, _) in &probes {
-        if let (Ok(t), Ok(x)) = (TenantId::parse(&p.tenant), VaultName::parse(&p.vault)) {
-            probe_vaults.push((t, x));
-        }
-    }
-    // Probes in vaults the change does not affect are answered the same
-    // before and after, by forks of their own.
-    let (pb_before, pb_after) = (base.fork(&probe_vaults, &[]), base.fork(&probe_vaults, &changes));
+    let probe_vaults: Vec<(TenantId, VaultName)> = probes
+        .iter()
+        .filter_map(|(p, _)| Some((TenantId::parse(&p.tenant).ok()?, VaultName::parse(&p.vault).ok()?)))
+        .collect();
+    let impact = access_impact(base, &changes, &probe_vaults, now);
     let decide = |e: &Engine, p: &pb::PlanProbe, ctx: &RequestContext| {
         let item = CheckItem {
             subject: &p.subject,
@@ -416,8 +411,8 @@ pub fn plan(base: &Engine, r: &pb::PlanChangesRequest, now: Timestamp) -> pb::Pl
     let probes = probes
         .iter()
         .map(|(p, ctx)| {
-            let (b, br) = decide(&pb_before, p, ctx);
-            let (a, ar) = decide(&pb_after, p, ctx);
+            let (b, br) = decide(&impact.before, p, ctx);
+            let (a, ar) = decide(&impact.after, p, ctx);
             pb::ProbeResult {
                 probe: Some(p.clone()),
                 before: b,
@@ -432,6 +427,7 @@ pub fn plan(base: &Engine, r: &pb::PlanChangesRequest, now: Timestamp) -> pb::Pl
         violations: Vec::new(),
         objects,
         access: impact
+            .deltas
             .iter()
             .map(|d| pb::AccessChange {
                 tenant: d.tenant.to_string(),

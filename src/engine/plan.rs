@@ -279,12 +279,24 @@ fn touched_subjects(
     Some(out)
 }
 
+/// A plan's result: the access impact, and the scratch engines before and
+/// after (holding the affected vaults and the extra ones asked for), for
+/// the probes.
+pub struct Impact {
+    pub deltas: Vec<AccessDelta>,
+    pub before: Engine,
+    pub after: Engine,
+}
+
 /// Every subject whose effective statements in an affected vault change,
-/// with what it gains and loses, at `now`.
-pub fn access_impact(base: &Engine, changes: &[Change], now: Timestamp) -> Vec<AccessDelta> {
+/// with what it gains and loses, at `now`. The engines also hold `extra`
+/// vaults (those the caller will check in).
+pub fn access_impact(base: &Engine, changes: &[Change], extra: &[(TenantId, VaultName)], now: Timestamp) -> Impact {
     let vaults = affected_vaults(base, changes);
-    let before = base.fork(&vaults, &[]);
-    let after = base.fork(&vaults, changes);
+    let mut held = vaults.clone();
+    held.extend(extra.iter().filter(|x| !vaults.contains(x)).cloned());
+    let before = base.fork(&held, &[]);
+    let after = base.fork(&held, changes);
     let mut out = Vec::new();
     for (t, v) in &vaults {
         let subjects = match touched_subjects(&before, &after, changes, t, v) {
@@ -315,5 +327,9 @@ pub fn access_impact(base: &Engine, changes: &[Change], now: Timestamp) -> Vec<A
             }
         }
     }
-    out
+    Impact {
+        deltas: out,
+        before,
+        after,
+    }
 }
