@@ -104,9 +104,14 @@ fn fingerprint(files: &TlsFiles) -> Option<[u8; 32]> {
     Some(h.finalize().into())
 }
 
+/// What the gRPC server offers in ALPN: HTTP/2 only.
+pub const ALPN_GRPC: &[&[u8]] = &[b"h2"];
+/// What an HTTPS server (the operator's admission webhook) offers.
+pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
+
 /// Builds the server configuration from the files, naming the file and the
 /// reason on any error.
-pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
+pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cert_pem = read("--tls-cert", &files.cert)?;
     let chain = certs("--tls-cert", &files.cert, &cert_pem)?;
@@ -155,23 +160,30 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError>
         key: files.key.clone(),
         reason: e.to_string(),
     })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 
 /// The current TLS configuration, replaced when its files change.
 pub struct TlsReloader {
     files: TlsFiles,
+    alpn: &'static [&'static [u8]],
     acceptor: ArcSwap<TlsAcceptor>,
     seen: std::sync::Mutex<Option<[u8; 32]>>,
 }
 
 impl TlsReloader {
+    /// For the gRPC server.
     pub fn new(files: TlsFiles) -> Result<Arc<TlsReloader>, TlsError> {
+        TlsReloader::with_alpn(files, ALPN_GRPC)
+    }
+
+    pub fn with_alpn(files: TlsFiles, alpn: &'static [&'static [u8]]) -> Result<Arc<TlsReloader>, TlsError> {
         let seen = fingerprint(&files);
-        let config = server_config(&files)?;
+        let config = server_config(&files, alpn)?;
         Ok(Arc::new(TlsReloader {
             files,
+            alpn,
             acceptor: ArcSwap::from_pointee(TlsAcceptor::from(Arc::new(config))),
             seen: std::sync::Mutex::new(seen),
         }))
@@ -186,7 +198,7 @@ impl TlsReloader {
             // Unchanged, or mid-rotation with a file missing: try again later.
             return Ok(false);
         }
-        let config = server_config(&self.files);
+        let config = server_config(&self.files, self.alpn);
         // Whatever the outcome, this content was judged; do not log the same
         // bad files every poll.
         *seen = now;

@@ -39,6 +39,22 @@ struct Args {
     /// Seconds between checks that Portcullis still has its data.
     #[arg(long, env = "PORTCULLIS_DRIFT_POLL_SECONDS", default_value_t = 10)]
     drift_poll_seconds: u64,
+    /// Serve the validating admission webhook (HTTPS) on this address.
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_LISTEN", requires_all = ["webhook_cert", "webhook_key"])]
+    webhook_listen: Option<SocketAddr>,
+    /// The webhook's certificate chain (PEM); re-read when it changes.
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_CERT")]
+    webhook_cert: Option<PathBuf>,
+    /// The webhook's private key (PEM).
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_KEY")]
+    webhook_key: Option<PathBuf>,
+    /// What the webhook answers when Portcullis cannot validate: the
+    /// ValidatingWebhookConfiguration's failurePolicy.
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_FAILURE_POLICY", value_enum, default_value = "fail")]
+    webhook_failure_policy: portcullis_operator::admission::FailurePolicy,
+    /// Milliseconds Portcullis may take to validate (below the webhook's timeoutSeconds).
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_VALIDATE_TIMEOUT_MS", default_value_t = 8000)]
+    webhook_validate_timeout_ms: u64,
     /// Log format.
     #[arg(long, env = "PORTCULLIS_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: portcullis::telemetry::LogFormat,
@@ -70,6 +86,20 @@ async fn main() -> anyhow::Result<()> {
         metrics_listen: args.metrics_listen,
         label_selector: args.label_selector,
         drift_poll: Duration::from_secs(args.drift_poll_seconds.max(1)),
+        webhook: match (args.webhook_listen, args.webhook_cert, args.webhook_key) {
+            (Some(listen), Some(cert), Some(key)) => Some(portcullis_operator::webhook::WebhookOptions {
+                listen,
+                tls: portcullis::transport::TlsFiles {
+                    cert,
+                    key,
+                    client_ca: None,
+                },
+                failure_policy: args.webhook_failure_policy,
+                validate_timeout: Duration::from_millis(args.webhook_validate_timeout_ms.max(100)),
+                reload_interval: Duration::from_secs(10),
+            }),
+            _ => None,
+        },
     };
     let running = portcullis_operator::run::start(client, opts).await?;
     tracing::info!(metrics = %running.metrics_addr, "operator started");

@@ -16,6 +16,8 @@ pub struct Metrics {
     pub failures: IntCounterVec,
     pub duration: HistogramVec,
     pub leader: IntGauge,
+    /// Admission reviews, by kind and verdict.
+    pub admission: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -61,12 +63,21 @@ impl Metrics {
             "1 while this replica holds the lease and reconciles.",
         )
         .expect("valid metric");
+        let admission = IntCounterVec::new(
+            Opts::new(
+                "portcullis_operator_admission_reviews_total",
+                "Admission reviews answered, by kind and verdict (admitted, refused, skipped, unvalidated_refused, unvalidated_admitted).",
+            ),
+            &["kind", "verdict"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(errors.clone()),
             Box::new(failures.clone()),
             Box::new(duration.clone()),
             Box::new(leader.clone()),
+            Box::new(admission.clone()),
         ] {
             let _ = registry.register(c);
         }
@@ -77,6 +88,7 @@ impl Metrics {
             failures,
             duration,
             leader,
+            admission,
         }
     }
 

@@ -36,6 +36,8 @@ pub struct Options {
     pub label_selector: Option<String>,
     /// How often the service's store id is checked, to notice lost data.
     pub drift_poll: Duration,
+    /// Serve the validating admission webhook.
+    pub webhook: Option<crate::webhook::WebhookOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,11 +50,15 @@ pub enum RunError {
     Lease(String),
     #[error("metrics listener: {0}")]
     Listen(std::io::Error),
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::WebhookError),
 }
 
 /// A running operator, for embedding (tests) or `main`.
 pub struct Running {
     pub metrics_addr: SocketAddr,
+    /// Where the admission webhook listens, when it is served.
+    pub webhook_addr: Option<SocketAddr>,
     pub metrics: Metrics,
     pub is_leader: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
@@ -224,6 +230,15 @@ pub async fn start(client: Client, opts: Options) -> Result<Running, RunError> {
         .map_err(|e| RunError::Lease(e.to_string()))?;
     let (mut leading, lease_task) = manager.watch().await;
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    let webhook_addr = match &opts.webhook {
+        Some(w) => {
+            let (addr, _task) =
+                crate::webhook::serve(w.clone(), service.clone(), metrics.clone(), stop_rx.clone()).await?;
+            tracing::info!(%addr, failure_policy = ?w.failure_policy, "admission webhook serving");
+            Some(addr)
+        }
+        None => None,
+    };
     let (leader_tx, leader_rx) = watch::channel(false);
     let recorder = Recorder::new(
         client.clone(),
@@ -297,6 +312,7 @@ pub async fn start(client: Client, opts: Options) -> Result<Running, RunError> {
     });
     Ok(Running {
         metrics_addr,
+        webhook_addr,
         metrics,
         is_leader: leader_rx,
         stop: stop_tx,

@@ -173,6 +173,9 @@ fn changes_of(base: &Engine, r: &pb::PlanChangesRequest) -> (Vec<Change>, Violat
             _ => None,
         })
         .collect();
+    if r.validate_only {
+        return (changes.into_iter().map(|(_, c)| c).collect(), v);
+    }
     let tenant_exists =
         |t: &TenantId| !deleted_tenants.contains(t) && (tenants_after.contains(t) || base.tenant_record(t).is_some());
     let vault_exists = |t: &TenantId, x: &VaultName| {
@@ -376,7 +379,7 @@ pub fn plan(base: &Engine, r: &pb::PlanChangesRequest, now: Timestamp) -> pb::Pl
         }
         probes.push((p.clone(), ctx.with_budget(CHECK_BUDGET)));
     }
-    if !v.is_empty() {
+    if !v.is_empty() || r.validate_only {
         return pb::PlanChangesResponse {
             base_revision: token(revision),
             violations: super::status::field_violations(&v),

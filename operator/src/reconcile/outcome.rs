@@ -46,6 +46,11 @@ impl Outcome {
         }
     }
 
+    /// A spec the service would refuse: every violation, with its path.
+    pub fn invalid(v: &portcullis::engine::Violations) -> Outcome {
+        Outcome::not_ready(Reason::InvalidSpec, v.to_string())
+    }
+
     pub fn is_ready(&self) -> bool {
         self.reason == Reason::Applied
     }

@@ -9,6 +9,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, finalizer};
 use portcullis::api::convert;
+use portcullis::engine::Violations;
 use portcullis::engine::ids::RoleName;
 use portcullis::manifest;
 use portcullis_client::pb;
@@ -37,10 +38,9 @@ pub async fn reconcile_role(obj: Arc<Role>, ctx: Arc<Ctx>) -> Result<Action, Err
     r
 }
 
-/// The role a Role declares.
-pub fn desired(obj: &Role) -> Result<pb::Role, Outcome> {
-    let name = obj.name_any();
-    RoleName::parse(&name).map_err(|e| Outcome::not_ready(Reason::InvalidSpec, format!("metadata.name: {e}")))?;
+/// The role a Role declares, or every violation of its identifiers (each
+/// with its path in the resource).
+pub fn desired(obj: &Role) -> Result<pb::Role, Violations> {
     let spec = manifest::RoleSpec {
         tenant: obj.spec.tenant.clone(),
         vault: obj.spec.vault.clone().filter(|v| !v.is_empty()),
@@ -48,9 +48,7 @@ pub fn desired(obj: &Role) -> Result<pb::Role, Outcome> {
         statements: obj.spec.statements.clone(),
         inherits: obj.spec.inherits.clone(),
     };
-    manifest::role_of(&name, &spec, &owner_labels(obj))
-        .map(|r| convert::role_to(&r, 0))
-        .map_err(|e| Outcome::not_ready(Reason::InvalidSpec, e.to_string()))
+    manifest::role_of(&obj.name_any(), &spec, &owner_labels(obj)).map(|r| convert::role_to(&r, 0))
 }
 
 /// `role.statements[1].condition` in an ApplyRole request is the
@@ -95,7 +93,7 @@ async fn outcome(ctx: &Ctx, obj: &Role) -> Result<Outcome, Error> {
     }
     let wanted = match desired(obj) {
         Ok(r) => r,
-        Err(o) => return Ok(o),
+        Err(v) => return Ok(Outcome::invalid(&v)),
     };
     let existing = match not_found(
         ctx.service

@@ -42,8 +42,8 @@ async fn apply(ctx: &Ctx, obj: &Tenant) -> Result<Action, Error> {
     finish(ctx, obj, &api, outcome, Some(id)).await
 }
 
-/// The tenant this resource declares.
-pub fn desired(obj: &Tenant) -> Result<portcullis::engine::model::Tenant, Outcome> {
+/// The tenant this resource declares, or the violations of its name.
+pub fn desired(obj: &Tenant) -> Result<portcullis::engine::model::Tenant, portcullis::engine::Violations> {
     manifest::tenant_of(
         &obj.name_any(),
         &manifest::TenantSpec {
@@ -54,13 +54,12 @@ pub fn desired(obj: &Tenant) -> Result<portcullis::engine::model::Tenant, Outcom
         },
         &owner_labels(obj),
     )
-    .map_err(|e| Outcome::not_ready(Reason::InvalidSpec, e.to_string()))
 }
 
 async fn outcome(ctx: &Ctx, obj: &Tenant) -> Result<Outcome, Error> {
     let desired = match desired(obj) {
         Ok(t) => t,
-        Err(o) => return Ok(o),
+        Err(v) => return Ok(Outcome::invalid(&v)),
     };
     if let Some(parent) = desired.id.parent() {
         let parent_name = manifest::tenant_name_of_id(parent.as_str());

@@ -343,13 +343,10 @@ fn a_vault_with_a_repeated_binding_id_is_an_invalid_spec_naming_the_field() {
     };
     v.spec.bindings = vec![b.clone(), b];
     let tid = portcullis::engine::ids::TenantId::parse("acme").unwrap();
-    let o = vault::desired(&v, &tid).unwrap_err();
-    assert_eq!(o.reason, Reason::InvalidSpec);
-    assert!(
-        o.message.contains("spec.bindings[1].id: same appears twice"),
-        "{}",
-        o.message
-    );
+    let e = vault::desired(&v, &tid).err().expect("a duplicate id is refused");
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(e.0[0].field, "spec.bindings[1].id");
+    assert_eq!(e.0[0].rule, "same appears twice");
 }
 
 #[test]

@@ -11,6 +11,7 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, finalizer};
 use portcullis::api::convert;
+use portcullis::engine::Violations;
 use portcullis::engine::ids::VaultName;
 use portcullis::engine::model::Source;
 use portcullis::manifest;
@@ -68,50 +69,64 @@ pub fn binding_key(b: &pb::Binding) -> String {
     .unwrap_or_default()
 }
 
+/// What a Vault declares, as the service's objects.
+pub struct Desired {
+    pub vault: pb::Vault,
+    /// In the order of `spec.bindings`.
+    pub bindings: Vec<pb::Binding>,
+    /// One per group and member, in the order of `spec.memberships`.
+    pub memberships: Vec<pb::Membership>,
+    /// For each of `memberships`, its `spec.memberships[i].members[j]`.
+    pub member_at: Vec<(usize, usize)>,
+}
+
 /// The vault, bindings and memberships a Vault declares, or the spec's
 /// violations (all of them, each with its field path).
-pub fn desired(
-    obj: &Vault,
-    tenant: &portcullis::engine::ids::TenantId,
-) -> Result<(pb::Vault, Vec<pb::Binding>, Vec<pb::Membership>), Outcome> {
-    let name = obj.name_any();
-    let vault_name =
-        VaultName::parse(&name).map_err(|e| Outcome::not_ready(Reason::InvalidSpec, format!("metadata.name: {e}")))?;
+pub fn desired(obj: &Vault, tenant: &portcullis::engine::ids::TenantId) -> Result<Desired, Violations> {
+    let mut viol = Violations::new();
     let labels = owner_labels(obj);
     let spec = manifest::VaultSpec {
         tenant: manifest::tenant_name_of_id(tenant.as_str()),
         display_name: obj.spec.display_name.clone(),
         ..Default::default()
     };
-    let vault = manifest::vault_of(&name, &spec, &labels)
-        .map_err(|e| Outcome::not_ready(Reason::InvalidSpec, e.to_string()))?;
-    let mut viol = Vec::new();
+    let vault = manifest::vault_of(&obj.name_any(), &spec, &labels)
+        .map_err(|e| viol.extend(e))
+        .ok();
+    let vault_name = vault.as_ref().map(|v| v.name.clone());
     let mut bindings = Vec::new();
     let mut ids = BTreeSet::new();
     for (i, b) in obj.spec.bindings.iter().enumerate() {
         let field = format!("spec.bindings[{i}]");
-        match manifest::binding_of(&field, tenant, Some(&vault_name), b, Source::Operator, &labels) {
+        match manifest::binding_of(&field, tenant, vault_name.as_ref(), b, Source::Operator, &labels) {
             Ok(b) => {
                 if !ids.insert(b.id.clone()) {
-                    viol.push(format!("{field}.id: {} appears twice", b.id));
+                    viol.push(format!("{field}.id"), format!("{} appears twice", b.id));
                 }
                 bindings.push(convert::binding_to(&b));
             }
-            Err(e) => viol.push(e.to_string()),
+            Err(e) => viol.extend(e),
         }
     }
     let mut memberships = Vec::new();
+    let mut member_at = Vec::new();
     for (i, m) in obj.spec.memberships.iter().enumerate() {
         let field = format!("spec.memberships[{i}]");
-        match manifest::memberships_of(&field, tenant, Some(&vault_name), m, Source::Operator) {
-            Ok(ms) => memberships.extend(ms.iter().map(convert::membership_to)),
-            Err(e) => viol.push(e.to_string()),
+        match manifest::memberships_of(&field, tenant, vault_name.as_ref(), m, Source::Operator) {
+            Ok(ms) => {
+                member_at.extend((0..ms.len()).map(|j| (i, j)));
+                memberships.extend(ms.iter().map(convert::membership_to));
+            }
+            Err(e) => viol.extend(e),
         }
     }
-    if !viol.is_empty() {
-        return Err(Outcome::not_ready(Reason::InvalidSpec, viol.join("; ")));
-    }
-    Ok((convert::vault_to(&vault, 0), bindings, memberships))
+    viol.into_result()?;
+    Ok(Desired {
+        vault: convert::vault_to(&vault.expect("no violations"), 0),
+        bindings,
+        memberships,
+        member_at,
+    })
 }
 
 /// `upserts[3].subject` in a WriteBindings request is the resource's
@@ -132,9 +147,14 @@ async fn outcome(ctx: &Ctx, obj: &Vault) -> Result<Outcome, Error> {
         Ok(x) => x,
         Err(o) => return Ok(o),
     };
-    let (wanted, bindings, memberships) = match desired(obj, &tid) {
+    let Desired {
+        vault: wanted,
+        bindings,
+        memberships,
+        ..
+    } = match desired(obj, &tid) {
         Ok(d) => d,
-        Err(o) => return Ok(o),
+        Err(v) => return Ok(Outcome::invalid(&v)),
     };
     let service = &ctx.service;
     let existing = match not_found(

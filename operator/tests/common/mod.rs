@@ -99,6 +99,7 @@ impl Env {
             metrics_listen: "127.0.0.1:0".parse().expect("valid"),
             label_selector: Some(format!("{TEST_LABEL}={}", self.id)),
             drift_poll: Duration::from_millis(300),
+            webhook: None,
         }
     }
 
