@@ -35,6 +35,18 @@ const VARIANTS: &[Variant] = &[
         ],
     },
     Variant {
+        name: "webhook with cert-manager, Ignore",
+        set: &[
+            "webhook.certManager.enabled=true",
+            "webhook.failurePolicy=Ignore",
+            "webhook.namespaceSelector.matchLabels.portcullis=enabled",
+        ],
+    },
+    Variant {
+        name: "webhook off",
+        set: &["webhook.enabled=false"],
+    },
+    Variant {
         name: "tls",
         set: &[
             "service.tls.enabled=true",
@@ -184,7 +196,7 @@ fn chart_lints_and_renders_every_variant() {
 
     // An existing Secret replaces the generated one.
     let docs = render(&helm, &["apiKeys.existingSecret=my-keys"], &[]);
-    assert!(!docs.iter().any(|d| kind_of(d) == "Secret"));
+    assert!(find(&docs, "Secret", "rel-portcullis-api-keys").is_none());
     assert!(serde_yaml::to_string(&docs).unwrap().contains("secretName: my-keys"));
 
     // The created cluster and the service monitor.
@@ -194,7 +206,56 @@ fn chart_lints_and_renders_every_variant() {
     let secret = find(&docs, "Secret", "rel-portcullis-api-keys").unwrap();
     assert!(secret["stringData"]["keys.yaml"].as_str().unwrap().contains("frontend"));
 
+    // The webhook: generated certificate whose CA is the configuration's
+    // caBundle, served by the operator with the failure policy it declares.
+    let docs = render(&helm, &[], &[]);
+    let hook =
+        find(&docs, "ValidatingWebhookConfiguration", "rel-portcullis-portcullis").expect("webhook configuration");
+    let w = &hook["webhooks"][0];
+    let tls = find(&docs, "Secret", "rel-portcullis-webhook-tls").expect("webhook certificate");
+    assert_eq!(w["clientConfig"]["caBundle"], tls["data"]["ca.crt"]);
+    assert_eq!(
+        w["clientConfig"]["service"]["name"].as_str(),
+        Some("rel-portcullis-operator-webhook")
+    );
+    assert_eq!(w["failurePolicy"].as_str(), Some("Fail"));
+    assert_eq!(w["sideEffects"].as_str(), Some("None"));
+    assert!(find(&docs, "Service", "rel-portcullis-operator-webhook").is_some());
+    let op = serde_yaml::to_string(find(&docs, "Deployment", "rel-portcullis-operator").unwrap()).unwrap();
+    assert!(op.contains("--webhook-listen=0.0.0.0:8443"), "{op}");
+    assert!(op.contains("--webhook-failure-policy=fail"), "{op}");
+    assert!(op.contains("--webhook-validate-timeout-ms=8500"), "{op}");
+    assert!(op.contains("secretName: rel-portcullis-webhook-tls"), "{op}");
+    // cert-manager: it issues the certificate and injects the CA.
+    let docs = render(&helm, VARIANTS[4].set, &[]);
+    let hook = find(&docs, "ValidatingWebhookConfiguration", "rel-portcullis-portcullis").unwrap();
+    assert_eq!(
+        hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].as_str(),
+        Some("portcullis/rel-portcullis-webhook")
+    );
+    assert!(hook["webhooks"][0]["clientConfig"]["caBundle"].is_null());
+    assert_eq!(hook["webhooks"][0]["failurePolicy"].as_str(), Some("Ignore"));
+    assert!(find(&docs, "Certificate", "rel-portcullis-webhook").is_some());
+    assert!(find(&docs, "Issuer", "rel-portcullis-webhook").is_some());
+    assert!(!docs.iter().any(|d| name_of(d) == "rel-portcullis-webhook-tls"));
+    let op = serde_yaml::to_string(find(&docs, "Deployment", "rel-portcullis-operator").unwrap()).unwrap();
+    assert!(op.contains("--webhook-failure-policy=ignore"), "{op}");
+    // Off: no configuration, no flags.
+    let docs = render(&helm, &["webhook.enabled=false"], &[]);
+    assert!(find(&docs, "ValidatingWebhookConfiguration", "rel-portcullis-portcullis").is_none());
+    let op = serde_yaml::to_string(find(&docs, "Deployment", "rel-portcullis-operator").unwrap()).unwrap();
+    assert!(!op.contains("--webhook"), "{op}");
+
     // The values schema rejects what it should, naming the value.
+    let out = run(
+        &helm,
+        &["template", "rel", chart_s, "--set", "webhook.failurePolicy=Sometimes"],
+        &[],
+        None,
+        false,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("webhook.failurePolicy"));
     let out = run(
         &helm,
         &["template", "rel", chart_s, "--set", "store.type=bogus"],
@@ -266,6 +327,32 @@ spec:
       served: true
       storage: true
       schema: { openAPIV3Schema: { type: object, x-kubernetes-preserve-unknown-fields: true } }
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: { name: certificates.cert-manager.io }
+spec:
+  group: cert-manager.io
+  names: { kind: Certificate, plural: certificates, singular: certificate }
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: { openAPIV3Schema: { type: object, x-kubernetes-preserve-unknown-fields: true } }
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: { name: issuers.cert-manager.io }
+spec:
+  group: cert-manager.io
+  names: { kind: Issuer, plural: issuers, singular: issuer }
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: { openAPIV3Schema: { type: object, x-kubernetes-preserve-unknown-fields: true } }
 "#;
 
 #[test]
@@ -285,6 +372,7 @@ fn rendered_manifests_validate_against_the_api_server_and_install() {
         true,
     );
     let ns = format!("chart-{}", free_port());
+    let scoped = format!("webhook.objectSelector.matchLabels.chart-test={ns}");
     run(&kubectl, &["create", "namespace", &ns], env, None, true);
     std::thread::sleep(std::time::Duration::from_secs(1));
     // Every variant, rendered with the server's capabilities, passes the server's validation.
@@ -318,6 +406,10 @@ fn rendered_manifests_validate_against_the_api_server_and_install() {
             &ns,
             "--set",
             "store.type=embedded",
+            // Its operator cannot run here (no kubelet); the selector keeps the
+            // installed webhook away from every other test's objects.
+            "--set",
+            &scoped,
             "--wait=false",
         ],
         env,
@@ -334,6 +426,8 @@ fn rendered_manifests_validate_against_the_api_server_and_install() {
         ("serviceaccount", "rel-portcullis-operator"),
         ("role", "rel-portcullis-operator"),
         ("rolebinding", "rel-portcullis-operator"),
+        ("secret", "rel-portcullis-webhook-tls"),
+        ("service", "rel-portcullis-operator-webhook"),
     ] {
         run(&kubectl, &["get", "-n", &ns, kind, name], env, None, true);
     }
@@ -364,6 +458,25 @@ fn rendered_manifests_validate_against_the_api_server_and_install() {
     };
     let before = secret(env);
     assert!(!before.is_empty());
+    let ca_bundle = |env: &[(&str, &Path)]| {
+        let hook = format!("rel-portcullis-{ns}");
+        let out = run(
+            &kubectl,
+            &[
+                "get",
+                "validatingwebhookconfiguration",
+                &hook,
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ],
+            env,
+            None,
+            true,
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let ca_before = ca_bundle(env);
+    assert!(!ca_before.is_empty(), "the installed webhook has a caBundle");
     // Upgrade (and a changed value): the generated key is kept.
     run(
         &helm,
@@ -377,6 +490,8 @@ fn rendered_manifests_validate_against_the_api_server_and_install() {
             "store.type=embedded",
             "--set",
             "operator.replicas=3",
+            "--set",
+            &scoped,
             "--wait=false",
         ],
         env,
@@ -384,6 +499,7 @@ fn rendered_manifests_validate_against_the_api_server_and_install() {
         true,
     );
     assert_eq!(secret(env), before, "helm upgrade keeps the generated key");
+    assert_eq!(ca_bundle(env), ca_before, "helm upgrade keeps the webhook's CA");
     let out = run(
         &kubectl,
         &[

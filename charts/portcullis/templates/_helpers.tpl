@@ -46,3 +46,12 @@ policy/v1beta1
 {{- define "portcullis.scheme" -}}
 {{- if .Values.service.tls.enabled -}}https{{- else -}}http{{- end -}}
 {{- end -}}
+
+{{/* The admission webhook's Service and the Secret with its certificate. */}}
+{{- define "portcullis.webhookService" -}}
+{{ include "portcullis.fullname" . }}-operator-webhook
+{{- end }}
+
+{{- define "portcullis.webhookSecret" -}}
+{{ include "portcullis.fullname" . }}-webhook-tls
+{{- end }}
