@@ -340,7 +340,46 @@ async fn objects_probes_and_every_violation_at_once() {
     assert_eq!(still.code(), tonic::Code::NotFound);
 
     // Every violation at once, each with its field path.
-    let bad = pb::PlanChangesRequest {
+    let plan = client.plan_changes(bad_request()).await.unwrap();
+    let fields: Vec<&str> = plan.violations.iter().map(|v| v.field.as_str()).collect();
+    for f in [
+        "bindings[0].subject",
+        "bindings[1].vault",
+        "roles[0].statements[0].condition",
+        "delete_tenants[0]",
+    ] {
+        assert!(fields.contains(&f), "{f} in {fields:?}");
+    }
+    assert!(plan.objects.is_empty() && plan.access.is_empty());
+
+    // Validation only (what the admission webhook asks): the objects' own
+    // rules still apply, references that do not exist yet are not refused,
+    // and nothing else is computed.
+    let mut only = bad_request();
+    only.validate_only = true;
+    let plan = client.plan_changes(only).await.unwrap();
+    let fields: Vec<&str> = plan.violations.iter().map(|v| v.field.as_str()).collect();
+    assert_eq!(fields, ["roles[0].statements[0].condition", "bindings[0].subject"]);
+    let valid = pb::PlanChangesRequest {
+        validate_only: true,
+        roles: vec![pb::Role {
+            tenant: "not/yet/created".into(),
+            vault: "nor-this".into(),
+            name: "r".into(),
+            statements: vec![common::allow(&["a:b"], &["*"])],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let plan = client.plan_changes(valid).await.unwrap();
+    assert!(plan.violations.is_empty(), "{:?}", plan.violations);
+    assert!(plan.objects.is_empty() && plan.access.is_empty() && plan.probes.is_empty());
+    srv.shutdown().await;
+}
+
+/// A plan breaking rules of several kinds, one of them a missing vault.
+fn bad_request() -> pb::PlanChangesRequest {
+    pb::PlanChangesRequest {
         bindings: vec![
             pb::Binding {
                 id: "x".into(),
@@ -370,17 +409,5 @@ async fn objects_probes_and_every_violation_at_once() {
         }],
         delete_tenants: vec!["acme".into()],
         ..Default::default()
-    };
-    let plan = client.plan_changes(bad).await.unwrap();
-    let fields: Vec<&str> = plan.violations.iter().map(|v| v.field.as_str()).collect();
-    for f in [
-        "bindings[0].subject",
-        "bindings[1].vault",
-        "roles[0].statements[0].condition",
-        "delete_tenants[0]",
-    ] {
-        assert!(fields.contains(&f), "{f} in {fields:?}");
     }
-    assert!(plan.objects.is_empty() && plan.access.is_empty());
-    srv.shutdown().await;
 }
