@@ -99,7 +99,7 @@ async fn effective(client: &Client, at: &str) -> BTreeMap<String, BTreeSet<Vec<u
 fn random_plan(rng: &mut StdRng, n: usize) -> pb::PlanChangesRequest {
     let mut r = pb::PlanChangesRequest::default();
     for i in 0..n {
-        match rng.random_range(0..7) {
+        match rng.random_range(0..9) {
             0 | 1 => r.bindings.push(pb::Binding {
                 id: format!("b{}", rng.random_range(0..6)),
                 tenant: T.into(),
@@ -142,6 +142,31 @@ fn random_plan(rng: &mut StdRng, n: usize) -> pb::PlanChangesRequest {
                 statements: vec![common::allow(&["documents:comment"], &["document:*"])],
                 ..Default::default()
             }),
+            6 => {
+                // A vault's role shadows the tenant's of the same name; the
+                // vault's doc-admin inherits whichever doc-reader resolves.
+                let name = ROLES[rng.random_range(0..ROLES.len())];
+                r.roles.push(pb::Role {
+                    tenant: T.into(),
+                    vault: V.into(),
+                    name: name.into(),
+                    statements: vec![common::allow(
+                        &["documents:read", "documents:share"][..rng.random_range(1..3)],
+                        &["document:*"],
+                    )],
+                    inherits: if name == "doc-admin" {
+                        vec!["doc-reader".into()]
+                    } else {
+                        vec![]
+                    },
+                    ..Default::default()
+                })
+            }
+            7 => r.delete_roles.push(pb::ObjectRef {
+                tenant: T.into(),
+                vault: V.into(),
+                name: ROLES[rng.random_range(0..ROLES.len())].into(),
+            }),
             _ => r.roles.push(pb::Role {
                 // An ancestor's role changes what every binding to it grants.
                 tenant: "acme".into(),
@@ -167,6 +192,19 @@ async fn apply(client: &Client, r: &pb::PlanChangesRequest) -> String {
             })
             .await
             .unwrap();
+    }
+    for d in &r.delete_roles {
+        let deleted = client
+            .delete_role(pb::DeleteRoleRequest {
+                tenant: d.tenant.clone(),
+                vault: d.vault.clone(),
+                name: d.name.clone(),
+                expected_revision: String::new(),
+            })
+            .await;
+        if let Err(e) = deleted {
+            assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+        }
     }
     // One write per scope: upserts then deletes, as the plan applies them
     // (a later upsert of the same id wins; deletes come after).

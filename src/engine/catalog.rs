@@ -27,12 +27,13 @@ use super::model::*;
 use super::pattern::PatternSet;
 use super::view::{BindingRef, GroupEdge, ShardMap, SubjectData, VaultView};
 
+#[derive(Clone)]
 pub(crate) struct RoleEntry {
     pub role: Arc<Role>,
     pub statements: Vec<Arc<CompiledStatement>>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct ScopeData {
     pub roles: HashMap<RoleName, RoleEntry>,
     pub bindings: HashMap<String, Arc<CompiledBinding>>,
@@ -49,7 +50,7 @@ impl ScopeData {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct TenantNode {
     pub tenant: Option<Tenant>,
     pub children: BTreeSet<TenantId>,
@@ -73,6 +74,7 @@ impl VaultHandle {
     }
 }
 
+#[derive(Clone)]
 struct Slot {
     scope: Scope,
     name: RoleName,
@@ -80,7 +82,7 @@ struct Slot {
     role: Arc<CompiledRole>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Slots {
     by_ref: HashMap<(Scope, RoleName), u32>,
     entries: Vec<Option<Slot>>,
@@ -141,6 +143,67 @@ fn binding_scope(b: &Binding) -> Scope {
 }
 
 impl Catalog {
+    /// A catalog holding only what `vaults` depend on: their tenants'
+    /// lineages, the scopes of those tenants and of the vaults, and the
+    /// vaults' published views. Compiled bindings, roles and views are
+    /// shared with this catalog, not rebuilt, and each vault gets its own
+    /// handle, so a write to the overlay builds new views from the shared
+    /// parts (as any write does) and never reaches this catalog's readers.
+    /// Role slots are copied whole: slots of scopes outside the overlay are
+    /// never published to its views.
+    pub fn overlay(&self, vaults: &[(TenantId, VaultName)]) -> Catalog {
+        let mut tenants: HashSet<TenantId> = HashSet::new();
+        let mut keys: HashSet<VaultKey> = HashSet::new();
+        let mut scopes: HashSet<Scope> = HashSet::new();
+        for (t, v) in vaults {
+            for a in t.lineage() {
+                scopes.insert(Scope::tenant(&a));
+                tenants.insert(a);
+            }
+            scopes.insert(Scope::vault(t, v));
+            keys.insert(vault_key(t, v));
+        }
+        let mut out = Catalog {
+            slots: self.slots.clone(),
+            ..Default::default()
+        };
+        for t in &tenants {
+            if let Some(n) = self.tenants.get(t) {
+                let mut n = n.clone();
+                n.children.retain(|c| tenants.contains(c));
+                n.vaults.retain(|v| keys.contains(&vault_key(t, v)));
+                out.tenants.insert(t.clone(), n);
+            }
+        }
+        for s in scopes {
+            if let Some(d) = self.scopes.get(&s) {
+                out.scopes.insert(s, d.clone());
+            }
+        }
+        for k in keys {
+            if let Some(n) = self.vaults.get(&k) {
+                let handle = Arc::new(VaultHandle {
+                    view: ArcSwap::new(n.handle.view.load_full()),
+                });
+                out.vaults.insert(k, VaultNode { handle });
+            }
+        }
+        out
+    }
+
+    /// The group → direct members edges of `scope`.
+    pub fn members_in(&self, scope: &Scope) -> impl Iterator<Item = (&Subject, &Subject)> {
+        self.scopes
+            .get(scope)
+            .into_iter()
+            .flat_map(|d| d.members.iter().flat_map(|(g, ms)| ms.iter().map(move |m| (g, m))))
+    }
+
+    /// The compiled bindings of `scope`, by id.
+    pub fn bindings_in(&self, scope: &Scope) -> Option<&HashMap<String, Arc<CompiledBinding>>> {
+        self.scopes.get(scope).map(|d| &d.bindings)
+    }
+
     pub fn tenant(&self, id: &TenantId) -> Option<&Tenant> {
         self.tenants.get(id).and_then(|n| n.tenant.as_ref())
     }

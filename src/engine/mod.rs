@@ -152,6 +152,27 @@ struct VaultTable {
     tenants: BTreeSet<TenantId>,
 }
 
+impl VaultTable {
+    /// The published table of a catalog's vaults and existing tenants.
+    fn of(cat: &Catalog) -> VaultTable {
+        let mut table = HashTable::with_capacity(cat.vaults.len());
+        for (k, node) in cat.vaults.iter() {
+            table.insert_unique(
+                vault_hash(k.tenant.as_str(), k.vault.as_str()),
+                (k.tenant.clone(), k.vault.clone(), node.handle.clone()),
+                |(t, v, _)| vault_hash(t.as_str(), v.as_str()),
+            );
+        }
+        let tenants = cat
+            .tenants
+            .iter()
+            .filter(|(_, n)| n.tenant.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        VaultTable { table, tenants }
+    }
+}
+
 fn vault_hash(tenant: &str, vault: &str) -> u64 {
     hash_str(tenant) ^ hash_str(vault).rotate_left(17)
 }
@@ -266,23 +287,23 @@ impl Engine {
             .iter()
             .any(|c| matches!(c, Change::PutTenant(_) | Change::DeleteTenant { .. }));
         if published.vaults_changed || tenants_changed {
-            let mut table = HashTable::with_capacity(cat.vaults.len());
-            for (k, node) in cat.vaults.iter() {
-                table.insert_unique(
-                    vault_hash(k.tenant.as_str(), k.vault.as_str()),
-                    (k.tenant.clone(), k.vault.clone(), node.handle.clone()),
-                    |(t, v, _)| vault_hash(t.as_str(), v.as_str()),
-                );
-            }
-            let tenants = cat
-                .tenants
-                .iter()
-                .filter(|(_, n)| n.tenant.is_some())
-                .map(|(k, _)| k.clone())
-                .collect();
-            self.vaults.store(Arc::new(VaultTable { table, tenants }));
+            self.vaults.store(Arc::new(VaultTable::of(&cat)));
         }
         self.revision.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// A copy-on-write overlay holding what `vaults` depend on, at this
+    /// engine's revision: it shares every compiled object with this engine,
+    /// and what is applied to it stays in it.
+    pub fn overlay(&self, vaults: &[(TenantId, VaultName)]) -> Engine {
+        let cat = self.catalog().overlay(vaults);
+        let table = VaultTable::of(&cat);
+        Engine {
+            writer: Mutex::new(cat),
+            vaults: ArcSwap::from_pointee(table),
+            revision: AtomicU64::new(self.revision()),
+            quarantine: ArcSwap::new(self.quarantine.load_full()),
+        }
     }
 
     /// What the index holds for one scope, and the revision it holds it at:

@@ -9,9 +9,10 @@
 //! statements in each. Work is proportional to the affected lineages, not
 //! to the installation.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::Engine;
+use super::compiled::CompiledBinding;
 use super::ids::{Subject, TenantId, VaultName};
 use super::model::*;
 use super::view::EffectiveStatement;
@@ -112,58 +113,12 @@ impl Engine {
             .collect()
     }
 
-    /// The objects `vaults` depend on, as changes that recreate them.
-    fn lineage_changes(&self, vaults: &[(TenantId, VaultName)]) -> Vec<Change> {
-        let mut tenants = BTreeSet::new();
-        let mut scopes = BTreeSet::new();
-        for (t, v) in vaults {
-            for a in t.lineage() {
-                tenants.insert(a.clone());
-                scopes.insert(Scope::tenant(&a));
-            }
-            scopes.insert(Scope::vault(t, v));
-        }
-        let mut out = Vec::new();
-        // Parents first, so each tenant's chain is complete when it is applied.
-        let mut tenants: Vec<TenantId> = tenants.into_iter().collect();
-        tenants.sort_by_key(|t| t.depth());
-        for t in &tenants {
-            if let Some(rec) = self.tenant_record(t) {
-                out.push(Change::PutTenant(rec));
-            }
-        }
-        for (t, v) in vaults {
-            if let Some(rec) = self.vault_record(t, v) {
-                out.push(Change::PutVault(rec));
-            }
-        }
-        for scope in &scopes {
-            let (c, _) = self.scope_contents(scope);
-            out.extend(c.roles.into_values().map(Change::PutRole));
-            out.extend(c.bindings.into_values().map(Change::PutBinding));
-            for (group, member) in c.memberships {
-                let (Ok(group), Ok(member)) = (Subject::parse(&group), Subject::parse(&member)) else {
-                    continue;
-                };
-                out.push(Change::PutMembership(Membership {
-                    tenant: scope.tenant.clone(),
-                    vault: scope.vault.clone(),
-                    group,
-                    member,
-                    source: Source::Api,
-                }));
-            }
-        }
-        out
-    }
-
     /// A scratch engine holding what `vaults` depend on, with `changes`
-    /// applied on top.
+    /// applied on top: a copy-on-write overlay of this one.
     pub fn fork(&self, vaults: &[(TenantId, VaultName)], changes: &[Change]) -> Engine {
-        let e = Engine::new();
-        e.apply(1, &self.lineage_changes(vaults));
+        let e = self.overlay(vaults);
         if !changes.is_empty() {
-            e.apply(2, changes);
+            e.apply(self.revision() + 1, changes);
         }
         e
     }
@@ -221,62 +176,129 @@ pub fn affected_vaults(base: &Engine, changes: &[Change]) -> Vec<(TenantId, Vaul
 
 impl Engine {
     /// group → direct members, over what `vault` depends on.
-    fn members_of(&self, t: &TenantId, v: &VaultName) -> std::collections::HashMap<String, Vec<String>> {
-        let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
+    fn members_of(&self, t: &TenantId, v: &VaultName) -> HashMap<String, Vec<String>> {
+        let mut out: HashMap<String, Vec<String>> = Default::default();
         let mut scopes: Vec<Scope> = t.lineage().iter().map(Scope::tenant).collect();
         scopes.push(Scope::vault(t, v));
+        let cat = self.catalog();
         for s in &scopes {
-            for (g, m) in self.scope_contents(s).0.memberships {
-                out.entry(g).or_default().push(m);
+            for (g, m) in cat.members_in(s) {
+                out.entry(g.to_string()).or_default().push(m.to_string());
             }
         }
         out
     }
 }
 
-/// The subjects whose effective statements a batch of binding and
-/// membership changes can touch: a changed binding's subject, a changed
-/// membership's member, and everyone below them through groups, before or
-/// after. `None` when the batch changes roles, tenants or vaults, which can
-/// touch every subject.
-fn touched_subjects(
-    before: &Engine,
-    after: &Engine,
-    changes: &[Change],
-    t: &TenantId,
-    v: &VaultName,
-) -> Option<BTreeSet<String>> {
-    let mut seeds = Vec::new();
-    for c in changes {
-        match c {
-            Change::PutBinding(b) => {
-                // The binding it replaces may name another subject.
-                let scope = Scope {
-                    tenant: b.tenant.clone(),
-                    vault: b.vault.clone(),
-                };
-                seeds.extend(before.binding_record(&scope, &b.id).map(|old| old.subject.to_string()));
-                seeds.push(b.subject.to_string());
-            }
-            Change::DeleteBinding { scope, id } => {
-                seeds.extend(before.binding_record(scope, id).map(|b| b.subject.to_string()));
-            }
-            Change::PutMembership(m) | Change::DeleteMembership(m) => seeds.push(m.member.to_string()),
-            _ => return None,
-        }
-    }
-    let (mb, ma) = (before.members_of(t, v), after.members_of(t, v));
+/// A binding's identity: its tenant, vault and id.
+type BindingKey = (TenantId, Option<VaultName>, String);
+
+fn key_of(b: &Binding) -> BindingKey {
+    (b.tenant.clone(), b.vault.clone(), b.id.clone())
+}
+
+/// Who a batch of changes can reach in one vault, and how far.
+enum Reach {
+    /// Tenants or vaults change: every subject, every statement compared.
+    Everything,
+    /// Bindings, roles and memberships change. Below a changed membership a
+    /// subject's principals change, so every statement is compared
+    /// (`full`); elsewhere only the statements of the bindings whose grant
+    /// changed can differ (`through`, with those `bindings`).
+    Some {
+        full: BTreeSet<String>,
+        through: BTreeSet<String>,
+        bindings: HashSet<BindingKey>,
+    },
+}
+
+/// `seeds` and everyone below them through groups, before or after.
+fn below(seeds: Vec<String>, maps: [&HashMap<String, Vec<String>>; 2]) -> BTreeSet<String> {
+    let mut seeds = seeds;
     let mut out = BTreeSet::new();
     while let Some(s) = seeds.pop() {
         if out.insert(s.clone()) {
-            for m in [&mb, &ma] {
+            for m in maps {
                 if let Some(ms) = m.get(&s) {
                     seeds.extend(ms.iter().cloned());
                 }
             }
         }
     }
-    Some(out)
+    out
+}
+
+fn reach(before: &Engine, after: &Engine, changes: &[Change], t: &TenantId, v: &VaultName) -> Reach {
+    let mut member_seeds = Vec::new();
+    let mut bindings: HashSet<BindingKey> = HashSet::new();
+    let mut roles_change = false;
+    for c in changes {
+        match c {
+            Change::PutBinding(b) => {
+                bindings.insert(key_of(b));
+            }
+            Change::DeleteBinding { scope, id } => {
+                bindings.insert((scope.tenant.clone(), scope.vault.clone(), id.clone()));
+            }
+            Change::PutMembership(m) | Change::DeleteMembership(m) => member_seeds.push(m.member.to_string()),
+            Change::PutRole(_) | Change::DeleteRole { .. } => roles_change = true,
+            Change::PutTenant(_) | Change::DeleteTenant { .. } | Change::PutVault(_) | Change::DeleteVault { .. } => {
+                return Reach::Everything;
+            }
+        }
+    }
+    let mut scopes: Vec<Scope> = t.lineage().iter().map(Scope::tenant).collect();
+    scopes.push(Scope::vault(t, v));
+    let mut binding_seeds = Vec::new();
+    for (bt, bvn, id) in &bindings {
+        let scope = Scope {
+            tenant: bt.clone(),
+            vault: bvn.clone(),
+        };
+        if scopes.contains(&scope) {
+            for e in [before, after] {
+                binding_seeds.extend(e.binding_record(&scope, id).map(|b| b.subject.to_string()));
+            }
+        }
+    }
+    if roles_change {
+        // Which unchanged bindings now grant something else: a changed role,
+        // one inheriting it, or a name that resolves elsewhere.
+        let (bv, av) = (
+            before.view(t.as_str(), v.as_str()).ok(),
+            after.view(t.as_str(), v.as_str()).ok(),
+        );
+        let (bc, ac) = (before.catalog(), after.catalog());
+        for s in &scopes {
+            let Some(olds) = bc.bindings_in(s) else { continue };
+            let news = ac.bindings_in(s);
+            for (id, old) in olds {
+                let key = (s.tenant.clone(), s.vault.clone(), id.clone());
+                if bindings.contains(&key) {
+                    continue;
+                }
+                let same = match (&bv, &av, news.and_then(|m| m.get(id))) {
+                    (Some(bv), Some(av), Some(new)) => bv.same_grant(old, av, new),
+                    _ => false,
+                };
+                if !same {
+                    binding_seeds.push(old.source.subject.to_string());
+                    bindings.insert(key);
+                }
+            }
+        }
+    }
+    let (mb, ma) = (before.members_of(t, v), after.members_of(t, v));
+    let full = below(member_seeds, [&mb, &ma]);
+    let through = below(binding_seeds, [&mb, &ma])
+        .into_iter()
+        .filter(|s| !full.contains(s))
+        .collect();
+    Reach::Some {
+        full,
+        through,
+        bindings,
+    }
 }
 
 /// A plan's result: the access impact, and the scratch engines before and
@@ -299,28 +321,55 @@ pub fn access_impact(base: &Engine, changes: &[Change], extra: &[(TenantId, Vaul
     let after = base.fork(&held, changes);
     let mut out = Vec::new();
     for (t, v) in &vaults {
-        let subjects = match touched_subjects(&before, &after, changes, t, v) {
-            Some(s) => s,
-            None => {
+        let (full, through, bindings) = match reach(&before, &after, changes, t, v) {
+            Reach::Everything => {
                 let mut all = before.subjects_of(t, v);
                 all.extend(after.subjects_of(t, v));
-                all
+                (all, BTreeSet::new(), HashSet::new())
             }
+            Reach::Some {
+                full,
+                through,
+                bindings,
+            } => (full, through, bindings),
         };
-        for s in subjects {
-            let b = before
-                .effective_permissions(t.as_str(), v.as_str(), &s, now)
-                .unwrap_or_default();
-            let a = after
-                .effective_permissions(t.as_str(), v.as_str(), &s, now)
-                .unwrap_or_default();
+        let (bv, av) = (
+            before.view(t.as_str(), v.as_str()).ok(),
+            after.view(t.as_str(), v.as_str()).ok(),
+        );
+        // Borrowed keys, so the filter allocates nothing per binding.
+        let keys: HashSet<(&str, &str, &str)> = bindings
+            .iter()
+            .map(|(t, v, id)| (t.as_str(), v.as_ref().map_or("", |v| v.as_str()), id.as_str()))
+            .collect();
+        let keep = |c: &CompiledBinding| {
+            let b = &c.source;
+            keys.contains(&(
+                b.tenant.as_str(),
+                b.vault.as_ref().map_or("", |v| v.as_str()),
+                b.id.as_str(),
+            ))
+        };
+        let mut subjects: Vec<(&String, bool)> = full
+            .iter()
+            .map(|s| (s, true))
+            .chain(through.iter().map(|s| (s, false)))
+            .collect();
+        subjects.sort();
+        for (s, all) in subjects {
+            let effective = |view: &Option<std::sync::Arc<super::view::VaultView>>| match view {
+                Some(view) if all => view.effective(s, now),
+                Some(view) => view.effective_where(s, now, keep),
+                None => Vec::new(),
+            };
+            let (b, a) = (effective(&bv), effective(&av));
             let gained = missing_from(a.clone(), &b);
             let lost = missing_from(b, &a);
             if !gained.is_empty() || !lost.is_empty() {
                 out.push(AccessDelta {
                     tenant: t.clone(),
                     vault: v.clone(),
-                    subject: s,
+                    subject: s.clone(),
                     gained,
                     lost,
                 });

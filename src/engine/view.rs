@@ -697,12 +697,26 @@ impl VaultView {
 
     /// Every statement that can reach `subject`, with provenance.
     pub fn effective(&self, subject: &str, now: Timestamp) -> Vec<EffectiveStatement> {
+        self.effective_where(subject, now, |_| true)
+    }
+
+    /// [`effective`](Self::effective) over only the bindings `keep` accepts:
+    /// a plan that knows which bindings changed compares only theirs.
+    pub fn effective_where(
+        &self,
+        subject: &str,
+        now: Timestamp,
+        keep: impl Fn(&CompiledBinding) -> bool,
+    ) -> Vec<EffectiveStatement> {
         let ps = self.principals(subject);
         let mut out = Vec::new();
         for (pi, p) in ps.iter().enumerate() {
             let Some(data) = p.data else { continue };
             for br in data.bindings.iter() {
                 let b = &br.binding;
+                if !keep(b) {
+                    continue;
+                }
                 let Some((set, role)) = self.statements(b) else {
                     continue;
                 };
@@ -729,6 +743,26 @@ impl VaultView {
             }
         }
         out
+    }
+}
+
+impl VaultView {
+    /// Whether `b` grants the same statements here as `other` does in
+    /// `there` (the same role resolved, with the same statements and role
+    /// paths), whoever holds it: a role change reaches exactly the bindings
+    /// for which this is false.
+    pub(crate) fn same_grant(&self, b: &CompiledBinding, there: &VaultView, other: &CompiledBinding) -> bool {
+        match (self.statements(b), there.statements(other)) {
+            (None, None) => true,
+            (Some((s1, r1)), Some((s2, r2))) => {
+                r1.map(|r| (&r.key, &r.paths)) == r2.map(|r| (&r.key, &r.paths))
+                    && s1.statements.len() == s2.statements.len()
+                    && s1.statements.iter().zip(s2.statements.iter()).all(|(a, b)| {
+                        a.source == b.source && a.origin.index == b.origin.index && a.origin.role == b.origin.role
+                    })
+            }
+            _ => false,
+        }
     }
 }
 
