@@ -45,7 +45,7 @@ fn same(a: &EffectiveStatement, b: &EffectiveStatement) -> bool {
 /// statement and principal, so comparing is linear; written here rather
 /// than hashing whole statements, which formatting-based keys made the
 /// plan's cost.
-fn missing_from(xs: Vec<EffectiveStatement>, ys: &[EffectiveStatement]) -> Vec<EffectiveStatement> {
+fn missing_from(xs: &[EffectiveStatement], ys: &[EffectiveStatement]) -> Vec<EffectiveStatement> {
     let mut buckets: std::collections::HashMap<(&str, u32, &str), Vec<&EffectiveStatement>> = Default::default();
     for y in ys {
         buckets
@@ -53,12 +53,13 @@ fn missing_from(xs: Vec<EffectiveStatement>, ys: &[EffectiveStatement]) -> Vec<E
             .or_default()
             .push(y);
     }
-    xs.into_iter()
+    xs.iter()
         .filter(|x| {
             !buckets
                 .get(&(x.binding.id.as_str(), x.index, x.principal.as_str()))
                 .is_some_and(|c| c.iter().any(|y| same(x, y)))
         })
+        .cloned()
         .collect()
 }
 
@@ -363,8 +364,8 @@ pub fn access_impact(base: &Engine, changes: &[Change], extra: &[(TenantId, Vaul
                 None => Vec::new(),
             };
             let (b, a) = (effective(&bv), effective(&av));
-            let gained = missing_from(a.clone(), &b);
-            let lost = missing_from(b, &a);
+            let gained = missing_from(&a, &b);
+            let lost = missing_from(&b, &a);
             if !gained.is_empty() || !lost.is_empty() {
                 out.push(AccessDelta {
                     tenant: t.clone(),
