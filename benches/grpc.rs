@@ -34,13 +34,21 @@ fn load(repo: &Repo, ds: &Dataset) {
     for c in &ds.changes {
         match c {
             Change::PutTenant(t) => {
-                repo.apply_tenant(t.clone(), None, None).expect("tenant");
+                repo.apply_tenant(
+                    &portcullis::audit::Actor::new("bench", "apply_tenant"),
+                    t.clone(),
+                    None,
+                    None,
+                )
+                .expect("tenant");
             }
             Change::PutVault(v) => {
-                repo.apply_vault(v.clone(), None).expect("vault");
+                repo.apply_vault(&portcullis::audit::Actor::new("bench", "apply_vault"), v.clone(), None)
+                    .expect("vault");
             }
             Change::PutRole(r) => {
-                repo.apply_role(r.clone(), None).expect("role");
+                repo.apply_role(&portcullis::audit::Actor::new("bench", "apply_role"), r.clone(), None)
+                    .expect("role");
             }
             Change::PutBinding(b) => bindings.push(b.clone()),
             Change::PutMembership(m) => memberships.push(m.clone()),
@@ -57,13 +65,27 @@ fn load(repo: &Repo, ds: &Dataset) {
     for ((_, _), ms) in by_scope {
         for chunk in ms.chunks(1000) {
             let (t, v) = (chunk[0].tenant.clone(), chunk[0].vault.clone());
-            repo.write_memberships(&t, v.as_ref(), chunk, &[], None::<Source>)
-                .expect("memberships");
+            repo.write_memberships(
+                &portcullis::audit::Actor::new("bench", "write_memberships"),
+                &t,
+                v.as_ref(),
+                chunk,
+                &[],
+                None::<Source>,
+            )
+            .expect("memberships");
         }
     }
     for chunk in bindings.chunks(1000) {
-        repo.write_bindings(&ds.tenant, Some(&ds.vault), chunk, &[], None)
-            .expect("bindings");
+        repo.write_bindings(
+            &portcullis::audit::Actor::new("bench", "write_bindings"),
+            &ds.tenant,
+            Some(&ds.vault),
+            chunk,
+            &[],
+            None,
+        )
+        .expect("bindings");
     }
 }
 

@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "admin.proto",
         "watch.proto",
         "diagnostics.proto",
+        "audit.proto",
     ]
     .map(|f| format!("portcullis/v1/{f}"));
     for f in &files {

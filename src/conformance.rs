@@ -208,7 +208,11 @@ pub fn changelog_order_and_resumption(make: &Make<'_>) {
     let mut revisions = Vec::new();
     for i in 0..5 {
         let t = Tenant::new(TenantId::parse(&format!("t{i}")).unwrap());
-        revisions.push(repo.apply_tenant(t, None, None).unwrap().revision);
+        revisions.push(
+            repo.apply_tenant(&crate::audit::Actor::new("conformance", "ApplyTenant"), t, None, None)
+                .unwrap()
+                .revision,
+        );
     }
     assert!(revisions.windows(2).all(|w| w[0] < w[1]));
     let (all, upto) = repo.read_feed(0, 0).unwrap();

@@ -26,6 +26,7 @@
 //! Calling Portcullis from Rust is the `portcullis-client` crate.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 #[cfg(test)]
 mod conformance;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_proto::v1::admin_service_server::AdminServiceServer;
+use portcullis_proto::v1::audit_service_server::AuditServiceServer;
 use portcullis_proto::v1::diagnostics_service_server::DiagnosticsServiceServer;
 use portcullis_proto::v1::permission_service_server::PermissionServiceServer;
 use portcullis_proto::v1::watch_service_server::WatchServiceServer;
@@ -290,6 +291,12 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         WatchServiceServer::new(WatchApi::new(state.clone(), opts.watch.clone())).max_encoding_message_size(max),
         keys.interceptor(Some(Scope::Watch)),
     );
+    let audit = InterceptedService::new(
+        AuditServiceServer::new(crate::api::audit::AuditApi { state: state.clone() })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        keys.interceptor(Some(Scope::Audit)),
+    );
     let diagnostics = InterceptedService::new(
         DiagnosticsServiceServer::new(DiagnosticsApi { state: state.clone() }),
         keys.interceptor(None),
@@ -318,6 +325,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         .add_service(permission)
         .add_service(admin)
         .add_service(watch_svc)
+        .add_service(audit)
         .add_service(diagnostics);
     let mut srx = shutdown_rx.clone();
     let stop = async move {

@@ -221,13 +221,14 @@ proptest! {
             let repo = portcullis::repo::Repo::new(store);
             let t = TenantId::parse("acme").unwrap();
             let v = VaultName::parse("docs").unwrap();
-            repo.apply_tenant(portcullis::engine::model::Tenant::new(t.clone()), None, None).unwrap();
+            repo.apply_tenant(&portcullis::audit::Actor::new("test", "apply_tenant"), portcullis::engine::model::Tenant::new(t.clone()), None, None).unwrap();
             repo.apply_vault(
+                &portcullis::audit::Actor::new("test", "apply_vault"),
                 portcullis::engine::model::Vault { tenant: t.clone(), name: v.clone(), display_name: String::new(), labels: Default::default() },
                 None,
             )
             .unwrap();
-            repo.write_bindings(&t, Some(&v), std::slice::from_ref(&b), &[], None).unwrap();
+            repo.write_bindings(&portcullis::audit::Actor::new("test", "write_bindings"), &t, Some(&v), std::slice::from_ref(&b), &[], None).unwrap();
             let loaded = repo.load_all().unwrap();
             prop_assert!(loaded.corrupt.is_empty(), "{:?}", loaded.corrupt);
             let back = loaded.changes.iter().find_map(|c| match c {

@@ -1247,6 +1247,7 @@ async fn health_is_not_serving_while_the_index_is_stuck_behind_the_store() {
     let repo = portcullis::repo::Repo::new(store.clone());
     tokio::task::spawn_blocking(move || {
         repo.apply_tenant(
+            &portcullis::audit::Actor::new("test", "apply_tenant"),
             portcullis::engine::model::Tenant::new(portcullis::engine::TenantId::parse("late").unwrap()),
             None,
             None,

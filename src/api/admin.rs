@@ -87,6 +87,7 @@ impl AdminService for AdminApi {
         self.state
             .observed(SVC, "ApplyTenant", async {
                 let caller = auth::caller(&request)?;
+                let actor = super::audit::actor(&request, &caller, "ApplyTenant")?;
                 caller.require_all(&request.get_ref().tenant_fields())?;
                 let r = request.into_inner();
                 let t = conv(tenant_from(&required(r.tenant, "tenant")?, "tenant"))?;
@@ -97,7 +98,7 @@ impl AdminService for AdminApi {
                 let a = self
                     .state
                     .repo
-                    .call(move |repo| repo.apply_tenant(t, expected, conf.as_ref()))
+                    .call(move |repo| repo.apply_tenant(&actor, t, expected, conf.as_ref()))
                     .await?;
                 self.after_write(a.revision).await;
                 Ok(Response::new(pb::ApplyTenantResponse {
@@ -167,6 +168,7 @@ impl AdminService for AdminApi {
         self.state
             .observed(SVC, "DeleteTenant", async {
                 let caller = auth::caller(&request)?;
+                let actor = super::audit::actor(&request, &caller, "DeleteTenant")?;
                 caller.require_all(&request.get_ref().tenant_fields())?;
                 let r = request.into_inner();
                 tenant_field("id", &r.id)?;
@@ -178,7 +180,7 @@ impl AdminService for AdminApi {
                 let rev = self
                     .state
                     .repo
-                    .call(move |repo| repo.delete_tenant(&id, expected, conf.as_ref()))
+                    .call(move |repo| repo.delete_tenant(&actor, &id, expected, conf.as_ref()))
                     .await?;
                 self.after_write(rev).await;
                 Ok(Response::new(pb::DeleteResponse { revision: token(rev) }))
@@ -190,13 +192,18 @@ impl AdminService for AdminApi {
         self.state
             .observed(SVC, "ApplyVault", async {
                 let caller = auth::caller(&request)?;
+                let actor = super::audit::actor(&request, &caller, "ApplyVault")?;
                 caller.require_all(&request.get_ref().tenant_fields())?;
                 let r = request.into_inner();
                 let v = conv(vault_from(&required(r.vault, "vault")?, "vault"))?;
                 caller.require_tenant(v.tenant.as_str())?;
                 self.write_rate(v.tenant.as_str())?;
                 let expected = parse_expected(&r.expected_revision)?;
-                let a = self.state.repo.call(move |repo| repo.apply_vault(v, expected)).await?;
+                let a = self
+                    .state
+                    .repo
+                    .call(move |repo| repo.apply_vault(&actor, v, expected))
+                    .await?;
                 self.after_write(a.revision).await;
                 Ok(Response::new(pb::ApplyVaultResponse {
                     vault: Some(vault_to(&a.object, a.revision)),
@@ -247,6 +254,7 @@ impl AdminService for AdminApi {
         self.state
             .observed(SVC, "DeleteVault", async {
                 let caller = auth::caller(&request)?;
+                let actor = super::audit::actor(&request, &caller, "DeleteVault")?;
                 caller.require_all(&request.get_ref().tenant_fields())?;
                 let r = request.into_inner();
                 let (t, n) = vault_ref(&r.tenant, "name", &r.name)?;
@@ -256,7 +264,7 @@ impl AdminService for AdminApi {
                 let rev = self
                     .state
                     .repo
-                    .call(move |repo| repo.delete_vault(&t, &n, expected))
+                    .call(move |repo| repo.delete_vault(&actor, &t, &n, expected))
                     .await?;
                 self.after_write(rev).await;
                 Ok(Response::new(pb::DeleteResponse { revision: token(rev) }))
@@ -268,6 +276,7 @@ impl AdminService for AdminApi {
         self.state
             .observed(SVC, "ApplyRole", async {
                 let caller = auth::caller(&request)?;
+                let actor = super::audit::actor(&request, &caller, "ApplyRole")?;
                 caller.require_all(&request.get_ref().tenant_fields())?;
                 let r = request.into_inner();
                 let role = conv(role_from(&required(r.role, "role")?, "role"))?;
@@ -277,7 +286,7 @@ impl AdminService for AdminApi {
                 let a = self
                     .state
                     .repo
-                    .call(move |repo| repo.apply_role(role, expected))
+                    .call(move |repo| repo.apply_role(&actor, role, expected))
                     .await
                     .map_err(|e| match e {
                         ServiceError::Invalid(mut v) => {
@@ -343,6 +352,7 @@ impl AdminService for AdminApi {
         self.state
             .observed(SVC, "DeleteRole", async {
                 let caller = auth::caller(&request)?;
+                let actor = super::audit::actor(&request, &caller, "DeleteRole")?;
                 caller.require_all(&request.get_ref().tenant_fields())?;
                 let r = request.into_inner();
                 let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
@@ -354,7 +364,7 @@ impl AdminService for AdminApi {
                 let rev = self
                     .state
                     .repo
-                    .call(move |repo| repo.delete_role(&t, vn.as_ref(), &name, expected))
+                    .call(move |repo| repo.delete_role(&actor, &t, vn.as_ref(), &name, expected))
                     .await?;
                 self.after_write(rev).await;
                 Ok(Response::new(pb::DeleteResponse { revision: token(rev) }))
@@ -366,6 +376,7 @@ impl AdminService for AdminApi {
         self.state
             .observed(SVC, "WriteBindings", async {
                 let caller = auth::caller(&request)?;
+                let actor = super::audit::actor(&request, &caller, "WriteBindings")?;
                 caller.require_all(&request.get_ref().tenant_fields())?;
                 let r = request.into_inner();
                 let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
@@ -385,7 +396,7 @@ impl AdminService for AdminApi {
                 let ((up, del), rev) = self
                     .state
                     .repo
-                    .call(move |repo| repo.write_bindings(&t, vn.as_ref(), &upserts, &deletes, replace))
+                    .call(move |repo| repo.write_bindings(&actor, &t, vn.as_ref(), &upserts, &deletes, replace))
                     .await?;
                 self.after_write(rev).await;
                 Ok(Response::new(pb::WriteResponse {
@@ -432,6 +443,7 @@ impl AdminService for AdminApi {
         self.state
             .observed(SVC, "WriteMemberships", async {
                 let caller = auth::caller(&request)?;
+                let actor = super::audit::actor(&request, &caller, "WriteMemberships")?;
                 caller.require_all(&request.get_ref().tenant_fields())?;
                 let r = request.into_inner();
                 let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
@@ -455,7 +467,7 @@ impl AdminService for AdminApi {
                 let ((up, del), rev) = self
                     .state
                     .repo
-                    .call(move |repo| repo.write_memberships(&t, vn.as_ref(), &upserts, &deletes, replace))
+                    .call(move |repo| repo.write_memberships(&actor, &t, vn.as_ref(), &upserts, &deletes, replace))
                     .await?;
                 self.after_write(rev).await;
                 Ok(Response::new(pb::WriteResponse {
@@ -512,6 +524,7 @@ impl AdminService for AdminApi {
     async fn import_vault(&self, request: Request<Streaming<pb::ImportVaultRequest>>) -> Res<pb::ImportVaultResponse> {
         self.state.observed(SVC, "ImportVault", async {
             let caller = auth::caller(&request)?;
+                let actor = super::audit::actor(&request, &caller, "ImportVault")?;
             let mut stream = request.into_inner();
             let mut scope: Option<(String, String)> = None;
             let mut roles: Vec<Role> = Vec::new();
@@ -591,19 +604,20 @@ impl AdminService for AdminApi {
                         std::mem::take(&mut memberships),
                     );
                     let (nr, nb, nm) = (rs.len() as u32, bs.len() as u32, ms.len() as u32);
+                    let actor = actor.clone();
                     let rev = self
                         .state
                         .repo
                         .call(move |repo| {
                             let mut rev = 0;
                             for r in rs {
-                                rev = rev.max(repo.apply_role(r, None)?.revision);
+                                rev = rev.max(repo.apply_role(&actor, r, None)?.revision);
                             }
                             if !bs.is_empty() {
-                                rev = rev.max(repo.write_bindings(&tid, vn.as_ref(), &bs, &[], None)?.1);
+                                rev = rev.max(repo.write_bindings(&actor, &tid, vn.as_ref(), &bs, &[], None)?.1);
                             }
                             if !ms.is_empty() {
-                                rev = rev.max(repo.write_memberships(&tid, vn.as_ref(), &ms, &[], None)?.1);
+                                rev = rev.max(repo.write_memberships(&actor, &tid, vn.as_ref(), &ms, &[], None)?.1);
                             }
                             Ok(rev)
                         })

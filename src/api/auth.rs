@@ -39,6 +39,8 @@ pub enum Scope {
     Check,
     Admin,
     Watch,
+    /// Reading the audit trail (AuditService).
+    Audit,
 }
 
 impl Scope {
@@ -47,6 +49,7 @@ impl Scope {
             Scope::Check => "check",
             Scope::Admin => "admin",
             Scope::Watch => "watch",
+            Scope::Audit => "audit",
         }
     }
 }
@@ -330,7 +333,9 @@ fn parse_keys(text: &str) -> Result<Vec<Key>, String> {
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
             .ok_or_else(|| format!("keys[{i}].sha256: must be 64 hex digits (the SHA-256 of the secret)"))?;
         if k.scopes.is_empty() {
-            return Err(format!("keys[{i}].scopes: list at least one of check, admin, watch"));
+            return Err(format!(
+                "keys[{i}].scopes: list at least one of check, admin, watch, audit"
+            ));
         }
         for (j, t) in k.tenants.iter().enumerate() {
             crate::engine::ids::check_tenant_id(t).map_err(|rule| format!("keys[{i}].tenants[{j}]: {rule}"))?;

@@ -500,7 +500,7 @@ pub fn json_to_struct(m: &serde_json::Map<String, serde_json::Value>) -> prost_t
     }
 }
 
-fn json_to_value(v: &serde_json::Value) -> prost_types::Value {
+pub fn json_to_value(v: &serde_json::Value) -> prost_types::Value {
     use prost_types::value::Kind;
     let kind = match v {
         serde_json::Value::Null => Kind::NullValue(0),

@@ -4,6 +4,7 @@
 //! (`status`).
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod confine;
 pub mod convert;

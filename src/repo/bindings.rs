@@ -60,6 +60,7 @@ impl Repo {
     /// upserted are deleted too. Returns (upserted, deleted) and the version.
     pub fn write_bindings(
         &self,
+        actor: &Actor,
         t: &TenantId,
         v: Option<&VaultName>,
         upserts: &[Binding],
@@ -107,9 +108,10 @@ impl Repo {
             }
             for b in upserts {
                 let key = ks::binding(t.as_str(), vs(v), &b.id);
-                match read_existing::<Binding>(tx, &key)? {
-                    Existing::Found(old, _) if old == *b => continue,
-                    Existing::Found(old, _) => clear_binding_rows(tx, t.as_str(), vs(v), &b.id, Some(&old), false)?,
+                let existing = read_existing::<Binding>(tx, &key)?;
+                match &existing {
+                    Existing::Found(old, _) if old == b => continue,
+                    Existing::Found(old, _) => clear_binding_rows(tx, t.as_str(), vs(v), &b.id, Some(old), false)?,
                     Existing::Corrupt(_) => clear_binding_rows(tx, t.as_str(), vs(v), &b.id, None, false)?,
                     Existing::Absent => added += 1,
                 }
@@ -121,7 +123,7 @@ impl Repo {
                 if let Some(e) = b.expires_at {
                     tx.set(&ks::expiry(e.0, t.as_str(), vs(v), &b.id), b"");
                 }
-                changes.push(Change::PutBinding(b.clone()));
+                changes.push(Logged::over(Change::PutBinding(b.clone()), &existing));
                 up += 1;
             }
             for id in &to_delete {
@@ -136,10 +138,11 @@ impl Repo {
                         _ => None,
                     };
                     remove_binding(tx, t.as_str(), vs(v), id, old)?;
-                    changes.push(Change::DeleteBinding {
+                    let change = Change::DeleteBinding {
                         scope: scope_of(t, v),
                         id: id.clone(),
-                    });
+                    };
+                    changes.push(Logged::over(change, &existing));
                     added -= 1;
                     del += 1;
                 }
@@ -148,7 +151,7 @@ impl Repo {
                 check_limits(tx, t, BINDINGS, added as u64, false)?;
             }
             add_count(tx, t, vs(v), BINDINGS, added);
-            append_changelog(tx, &changes)?;
+            append_changelog(tx, actor, &changes)?;
             Ok((up, del))
         })
     }

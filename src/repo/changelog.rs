@@ -4,13 +4,17 @@
 
 use super::*;
 
-/// Appends `changes` to the per-vault changelogs and the feed.
-pub fn append_changelog(tx: &mut dyn Transaction, changes: &[Change]) -> Result<()> {
-    if changes.is_empty() {
+/// Appends the changes to the per-vault changelogs and the feed, and
+/// their events to the audit trail, all in the write's transaction: there
+/// is no change without its event and no event without its change.
+pub fn append_changelog(tx: &mut dyn Transaction, actor: &Actor, logged: &[Logged]) -> Result<()> {
+    if logged.is_empty() {
         return Ok(());
     }
+    append_audit(tx, actor, logged)?;
+    let changes: Vec<&Change> = logged.iter().map(|l| &l.change).collect();
     let mut by_scope: BTreeMap<Scope, Vec<&Change>> = BTreeMap::new();
-    for c in changes {
+    for c in &changes {
         by_scope.entry(c.scope()).or_default().push(c);
     }
     for (scope, cs) in by_scope {
@@ -19,7 +23,7 @@ pub fn append_changelog(tx: &mut dyn Transaction, changes: &[Change]) -> Result<
         tx.set_versionstamped_key(key, off, &json);
     }
     let (key, off) = ks::feed_entry();
-    let json = serde_json::to_vec(changes).map_err(ServiceError::encoding("changelog entry"))?;
+    let json = serde_json::to_vec(&changes).map_err(ServiceError::encoding("changelog entry"))?;
     tx.set_versionstamped_key(key, off, &json);
     tx.set_versionstamped_value(&ks::feed_bump(), vec![0xff; 10], 0);
     Ok(())

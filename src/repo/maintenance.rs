@@ -78,20 +78,21 @@ impl Repo {
                     *count
                         .entry((row.tenant.clone(), row.vault.clone().unwrap_or_default()))
                         .or_default() -= 1;
-                    changes.push(Change::DeleteBinding {
+                    let change = Change::DeleteBinding {
                         scope: Scope {
                             tenant: b.tenant.clone(),
                             vault: b.vault.clone(),
                         },
                         id: row.id.clone(),
-                    });
+                    };
+                    changes.push(Logged::new(change, Some(&b)));
                 }
                 for ((t, v), d) in count {
                     if let Ok(t) = TenantId::parse(&t) {
                         add_count(tx, &t, (!v.is_empty()).then_some(v.as_str()), BINDINGS, d);
                     }
                 }
-                append_changelog(tx, &changes)?;
+                append_changelog(tx, &Actor::job("purge"), &changes)?;
                 Ok((due.len(), changes.len()))
             })?;
             total += n.1;

@@ -6,6 +6,7 @@ use super::*;
 impl Repo {
     pub fn write_memberships(
         &self,
+        actor: &Actor,
         t: &TenantId,
         v: Option<&VaultName>,
         upserts: &[Membership],
@@ -56,7 +57,7 @@ impl Repo {
                     &ks::member_of(t.as_str(), vs(v), m.member.as_str(), m.group.as_str()),
                     b"",
                 );
-                changes.push(Change::PutMembership(m.clone()));
+                changes.push(Logged::new::<Membership>(Change::PutMembership(m.clone()), None));
                 up += 1;
             }
             for m in &to_delete {
@@ -64,14 +65,19 @@ impl Repo {
                     continue;
                 }
                 let key = ks::membership(t.as_str(), vs(v), m.group.as_str(), m.member.as_str());
-                if tx.get(&key)?.is_some() {
+                if let Some(stored) = tx.get(&key)? {
                     tx.clear(&key);
                     tx.clear(&ks::member_of(t.as_str(), vs(v), m.member.as_str(), m.group.as_str()));
-                    changes.push(Change::DeleteMembership(m.clone()));
+                    let before = decode::<Membership>(&key, &stored).map(|(m, _)| m);
+                    let change = Change::DeleteMembership(m.clone());
+                    changes.push(match before {
+                        Ok(old) => Logged::new(change, Some(&old)),
+                        Err(_) => Logged::over_unreadable(change),
+                    });
                     del += 1;
                 }
             }
-            append_changelog(tx, &changes)?;
+            append_changelog(tx, actor, &changes)?;
             Ok((up, del))
         })
     }

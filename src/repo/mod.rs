@@ -7,6 +7,7 @@
 //! [`store::run`]; async callers go through [`Repo::call`], which runs them
 //! on the repository's bounded pool.
 
+mod audit;
 mod bindings;
 mod changelog;
 mod maintenance;
@@ -31,6 +32,9 @@ use crate::pool::Pool;
 use crate::store::{self, RangeOpts, Store, StoreError, Transaction, keyspace as ks, tuple};
 use crate::telemetry::Metrics;
 
+pub(crate) use self::audit::append_audit;
+pub use self::audit::{AuditQuery, Logged};
+use crate::audit::Actor;
 pub(crate) use bindings::remove_binding;
 pub use changelog::{FeedEntry, Loaded, append_changelog, key_version, log_floor};
 pub use maintenance::UsageTotals;
@@ -186,24 +190,26 @@ struct Counted<'a> {
 /// and counted; then the object is written and the change logged.
 fn upsert<T: Serialize + PartialEq>(
     tx: &mut dyn Transaction,
+    actor: &Actor,
     key: &[u8],
     object: &T,
     existing: Existing<T>,
     counted: Option<Counted<'_>>,
     change: Change,
 ) -> Result<Option<(T, u64)>> {
+    let logged = Logged::over(change, &existing);
     match existing {
         Existing::Found(old, rev) if old == *object => return Ok(Some((old, rev))),
         Existing::Found(..) | Existing::Corrupt(_) => {}
         Existing::Absent => {
-            if let Some(c) = counted {
+            if let Some(c) = &counted {
                 check_limits(tx, c.tenant, c.kind, 1, false)?;
                 add_count(tx, c.tenant, c.vault, c.kind, 1);
             }
         }
     }
     write(tx, key, object)?;
-    append_changelog(tx, &[change])?;
+    append_changelog(tx, actor, &[logged])?;
     Ok(None)
 }
 

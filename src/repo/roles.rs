@@ -3,7 +3,7 @@
 use super::*;
 
 impl Repo {
-    pub fn apply_role(&self, r: Role, expected: Option<u64>) -> Result<Applied<Role>> {
+    pub fn apply_role(&self, actor: &Actor, r: Role, expected: Option<u64>) -> Result<Applied<Role>> {
         validate::role(&r)?;
         let (res, version) = self.run(|tx| {
             let key = ks::role(r.tenant.as_str(), vs(r.vault.as_ref()), r.name.as_str());
@@ -32,7 +32,7 @@ impl Repo {
                 vault: vs(r.vault.as_ref()),
                 kind: ROLES,
             };
-            upsert(tx, &key, &r, existing, Some(counted), Change::PutRole(r.clone()))
+            upsert(tx, actor, &key, &r, existing, Some(counted), Change::PutRole(r.clone()))
         })?;
         Ok(Applied::from_upsert(res, r, version))
     }
@@ -64,6 +64,7 @@ impl Repo {
 
     pub fn delete_role(
         &self,
+        actor: &Actor,
         t: &TenantId,
         v: Option<&VaultName>,
         name: &RoleName,
@@ -81,13 +82,11 @@ impl Repo {
             expect_revision(&format!("role {name}"), expected, existing.revision())?;
             tx.clear(&key);
             add_count(tx, t, vs(v), ROLES, -1);
-            append_changelog(
-                tx,
-                &[Change::DeleteRole {
-                    scope: scope_of(t, v),
-                    name: name.clone(),
-                }],
-            )?;
+            let change = Change::DeleteRole {
+                scope: scope_of(t, v),
+                name: name.clone(),
+            };
+            append_changelog(tx, actor, &[Logged::over(change, &existing)])?;
             Ok(())
         })?;
         Ok(version)

@@ -66,6 +66,7 @@ impl Confinement {
 impl Repo {
     pub fn apply_tenant(
         &self,
+        actor: &Actor,
         t: Tenant,
         expected: Option<u64>,
         confinement: Option<&Confinement>,
@@ -94,7 +95,7 @@ impl Repo {
                     tx.atomic_add(&ks::subtree_count(a.as_str(), TENANTS), 1);
                 }
             }
-            upsert(tx, &key, &t, existing, None, Change::PutTenant(t.clone()))
+            upsert(tx, actor, &key, &t, existing, None, Change::PutTenant(t.clone()))
         })?;
         Ok(Applied::from_upsert(r, t, version))
     }
@@ -166,6 +167,7 @@ impl Repo {
 
     pub fn delete_tenant(
         &self,
+        actor: &Actor,
         id: &TenantId,
         expected: Option<u64>,
         confinement: Option<&Confinement>,
@@ -208,7 +210,8 @@ impl Repo {
                     tx.atomic_add(&ks::subtree_count(a.as_str(), TENANTS), -1);
                 }
             }
-            append_changelog(tx, &[Change::DeleteTenant { tenant: id.clone() }])?;
+            let change = Change::DeleteTenant { tenant: id.clone() };
+            append_changelog(tx, actor, &[Logged::over(change, &existing)])?;
             Ok(())
         })?;
         Ok(version)

@@ -3,7 +3,7 @@
 use super::*;
 
 impl Repo {
-    pub fn apply_vault(&self, v: Vault, expected: Option<u64>) -> Result<Applied<Vault>> {
+    pub fn apply_vault(&self, actor: &Actor, v: Vault, expected: Option<u64>) -> Result<Applied<Vault>> {
         validate::vault(&v)?;
         let (r, version) = self.run(|tx| {
             let key = ks::vault(v.tenant.as_str(), v.name.as_str());
@@ -19,7 +19,15 @@ impl Repo {
                 vault: Some(v.name.as_str()),
                 kind: VAULTS,
             };
-            upsert(tx, &key, &v, existing, Some(counted), Change::PutVault(v.clone()))
+            upsert(
+                tx,
+                actor,
+                &key,
+                &v,
+                existing,
+                Some(counted),
+                Change::PutVault(v.clone()),
+            )
         })?;
         Ok(Applied::from_upsert(r, v, version))
     }
@@ -43,7 +51,7 @@ impl Repo {
         Ok(r)
     }
 
-    pub fn delete_vault(&self, t: &TenantId, name: &VaultName, expected: Option<u64>) -> Result<u64> {
+    pub fn delete_vault(&self, actor: &Actor, t: &TenantId, name: &VaultName, expected: Option<u64>) -> Result<u64> {
         let (_, version) = self.run(|tx| {
             let key = ks::vault(t.as_str(), name.as_str());
             let existing = read_existing::<Vault>(tx, &key)?;
@@ -56,13 +64,11 @@ impl Repo {
             expect_revision(&format!("vault {name} in tenant {t}"), expected, existing.revision())?;
             self.clear_scope(tx, t, Some(name))?;
             tx.clear(&key);
-            append_changelog(
-                tx,
-                &[Change::DeleteVault {
-                    tenant: t.clone(),
-                    vault: name.clone(),
-                }],
-            )?;
+            let change = Change::DeleteVault {
+                tenant: t.clone(),
+                vault: name.clone(),
+            };
+            append_changelog(tx, actor, &[Logged::over(change, &existing)])?;
             Ok(())
         })?;
         Ok(version)

@@ -27,6 +27,9 @@
 //! | `(root, "sys", "job", name)` | JSON: a background job's last run |
 //! | `(root, "sys", "exp", expires_at_micros, tenant, vault, binding_id)` | empty: bindings by expiry, for the purge job |
 //! | `(root, "sys", "mark", unix_millis)` | u64 BE: the store version at that time, for changelog retention |
+//! | `(root, "audit", tenant, seq)` | record: an audit `Event`, the tenant's `seq`-th (see `audit`) |
+//! | `(root, "sys", "audit_head", tenant)` | JSON `Link`: the tenant's last audit event's sequence and hash |
+//! | `(root, "sys", "audit_floor", tenant)` | JSON `Link`: the last event retention removed, where verification starts |
 //!
 //! A record is the 10-byte versionstamp of the commit that wrote it (so the
 //! revision of an object comes from the commit version, never a counter)
@@ -216,6 +219,32 @@ pub fn marks() -> Vec<u8> {
 }
 pub fn job(name: &str) -> Vec<u8> {
     root().str("sys").str("job").str(name).into_vec()
+}
+
+pub fn audit_event(t: &str, seq: u64) -> Vec<u8> {
+    root().str("audit").str(t).int(seq).into_vec()
+}
+/// Prefix of one tenant's audit events (not its descendants').
+pub fn audit_of_tenant(t: &str) -> Vec<u8> {
+    root().str("audit").str(t).into_vec()
+}
+/// Prefix of the audit events of every tenant strictly below `t`.
+pub fn audit_of_descendants(t: &str) -> Vec<u8> {
+    root().str("audit").str_prefix(&format!("{t}/")).into_vec()
+}
+/// The tenant and sequence of an audit event's key.
+pub fn audit_key_of(key: &[u8]) -> Option<(String, u64)> {
+    let elems = super::tuple::decode(key)?;
+    match elems.as_slice() {
+        [.., super::tuple::Elem::Str(t), super::tuple::Elem::Int(seq)] => Some((t.to_string(), *seq)),
+        _ => None,
+    }
+}
+pub fn audit_head(t: &str) -> Vec<u8> {
+    root().str("sys").str("audit_head").str(t).into_vec()
+}
+pub fn audit_floor(t: &str) -> Vec<u8> {
+    root().str("sys").str("audit_floor").str(t).into_vec()
 }
 
 /// A versionstamp written into a record's first 10 bytes; the rest is JSON.
