@@ -267,6 +267,24 @@ async fn purge_compact_usage_and_verify_do_their_work() {
         assert!(t0.elapsed() < Duration::from_secs(5), "not purged: {ids:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The purge is audited as the leader's job, with the binding it removed.
+    let mut audit = portcullis_proto::v1::audit_service_client::AuditServiceClient::new(channel(srv.addr).await);
+    let events = audit
+        .list_audit_events(pb::ListAuditEventsRequest {
+            tenant: "acme".into(),
+            actor: "job:purge".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (events[0].name.as_str(), events[0].operation, events[0].rpc.as_str()),
+        ("soon", pb::AuditOperation::Delete as i32, "purge")
+    );
+    assert!(events[0].before.is_some() && events[0].after.is_none());
     // Usage: counters match.
     let t = a
         .get_tenant(pb::GetTenantRequest { id: "acme".into() })

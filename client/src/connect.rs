@@ -8,22 +8,44 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::{Client, Error, RetryPolicy};
 
-/// Adds `authorization: Bearer <key>` to every call (nothing without a key).
+/// Adds `authorization: Bearer <key>` to every call (nothing without a
+/// key), and `x-portcullis-on-behalf-of` when the caller acts for someone
+/// (the server records it in the audit trail).
 #[derive(Clone, Default)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
+pub struct Bearer {
+    key: Option<MetadataValue<Ascii>>,
+    on_behalf_of: Option<MetadataValue<Ascii>>,
+}
 
 impl Bearer {
     /// Sends no key (a server on loopback without keys).
     pub fn none() -> Bearer {
-        Bearer(None)
+        Bearer::default()
     }
 
     /// Sends `key`, trimmed; refused unless it is printable ASCII.
     pub fn new(key: &str) -> Result<Bearer, Error> {
         format!("Bearer {}", key.trim())
             .parse()
-            .map(|v| Bearer(Some(v)))
+            .map(|v| Bearer {
+                key: Some(v),
+                on_behalf_of: None,
+            })
             .map_err(|_| Error::config("the API key must be printable ASCII"))
+    }
+
+    /// The same key, acting for `who` (printable ASCII, at most 512 bytes).
+    pub fn on_behalf_of(&self, who: &str) -> Result<Bearer, Error> {
+        if who.is_empty() || who.len() > 512 {
+            return Err(Error::config("on-behalf-of must be 1 to 512 bytes"));
+        }
+        let v = who
+            .parse()
+            .map_err(|_| Error::config("on-behalf-of must be printable ASCII"))?;
+        Ok(Bearer {
+            key: self.key.clone(),
+            on_behalf_of: Some(v),
+        })
     }
 
     /// [`Bearer::new`] when there is a key, [`Bearer::none`] otherwise.
@@ -34,8 +56,11 @@ impl Bearer {
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
+        if let Some(v) = &self.key {
             req.metadata_mut().insert("authorization", v.clone());
+        }
+        if let Some(v) = &self.on_behalf_of {
+            req.metadata_mut().insert("x-portcullis-on-behalf-of", v.clone());
         }
         Ok(req)
     }

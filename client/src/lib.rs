@@ -36,6 +36,7 @@ pub use portcullis_proto::v1 as pb;
 pub use retry::RetryPolicy;
 
 use pb::admin_service_client::AdminServiceClient;
+use pb::audit_service_client::AuditServiceClient;
 use pb::diagnostics_service_client::DiagnosticsServiceClient;
 use pb::permission_service_client::PermissionServiceClient;
 use pb::watch_service_client::WatchServiceClient;
@@ -44,7 +45,9 @@ use pb::watch_service_client::WatchServiceClient;
 #[derive(Clone)]
 pub struct Client {
     channel: tonic::transport::Channel,
+    bearer: Bearer,
     admin: AdminServiceClient<Authed>,
+    audit: AuditServiceClient<Authed>,
     permission: PermissionServiceClient<Authed>,
     diagnostics: DiagnosticsServiceClient<Authed>,
     watch: WatchServiceClient<Authed>,
@@ -100,6 +103,12 @@ unary! {
         lookup_subjects(pb::LookupSubjectsRequest) -> pb::LookupSubjectsResponse;
         get_effective_permissions(pb::GetEffectivePermissionsRequest) -> pb::GetEffectivePermissionsResponse;
     }
+    audit {
+        /// A page of audit events.
+        list_audit_events(pb::ListAuditEventsRequest) -> pb::ListAuditEventsResponse;
+        /// Recomputes a tenant's audit chain.
+        verify_audit_chain(pb::VerifyAuditChainRequest) -> pb::VerifyAuditChainResponse;
+    }
     diagnostics {
         get_server_info(pb::GetServerInfoRequest) -> pb::GetServerInfoResponse;
         echo(pb::EchoRequest) -> pb::EchoResponse;
@@ -111,12 +120,24 @@ impl Client {
         let authed = || tonic::service::interceptor::InterceptedService::new(channel.clone(), bearer.clone());
         Client {
             admin: AdminServiceClient::new(authed()),
+            audit: AuditServiceClient::new(authed()),
             permission: PermissionServiceClient::new(authed()),
             diagnostics: DiagnosticsServiceClient::new(authed()),
             watch: WatchServiceClient::new(authed()),
             channel,
+            bearer,
             retry,
         }
+    }
+
+    /// The same client, its calls made on behalf of `who` (recorded in the
+    /// audit trail; the operator names the Kubernetes object it reconciles).
+    pub fn on_behalf_of(&self, who: &str) -> Result<Client, Error> {
+        Ok(Client::new(
+            self.channel.clone(),
+            self.bearer.on_behalf_of(who)?,
+            self.retry.clone(),
+        ))
     }
 
     /// The channel without the API key, for the standard services (health,

@@ -122,6 +122,47 @@ async fn declared_objects_answer_checks_and_follow_edits() {
         Some(env.tenant_id("eng").as_str())
     );
 
+    // Each write is audited as done on behalf of the Kubernetes object.
+    let mut audit =
+        portcullis_proto::v1::audit_service_client::AuditServiceClient::connect(format!("http://{}", env.service_addr))
+            .await
+            .unwrap();
+    let events = audit
+        .list_audit_events(pb::ListAuditEventsRequest {
+            tenant: env.tenant_id(""),
+            include_descendants: true,
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let vault_uid = v.metadata.uid.clone().unwrap();
+    let of_vault: Vec<_> = events
+        .iter()
+        .filter(|e| e.tenant == env.tenant_id("eng") && e.kind != "tenant")
+        .collect();
+    assert!(
+        of_vault
+            .iter()
+            .filter(|e| e.kind != "role")
+            .all(|e| e.on_behalf_of == format!("Vault/{ns}/docs uid={vault_uid}")),
+        "{of_vault:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "role" && e.on_behalf_of.starts_with(&format!("Role/{ns}/reader uid="))),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e.kind == "tenant"
+            && e.on_behalf_of
+                .starts_with(&format!("Tenant/{} uid=", env.tenant_name("")))),
+        "{events:?}"
+    );
+
     let tid = env.tenant_id("eng");
     assert!(
         env.allowed(&tid, "docs", "user:alice", "documents:read", "document:a")

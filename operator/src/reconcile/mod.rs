@@ -56,6 +56,20 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The service client acting on behalf of `obj`: its writes are audited
+    /// as `Kind/namespace/name uid=…`.
+    pub fn acting_for<K: kube::Resource<DynamicType = ()>>(&self, obj: &K) -> Service {
+        let m = obj.meta();
+        let who = format!(
+            "{}/{}{} uid={}",
+            K::kind(&()),
+            m.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default(),
+            m.name.as_deref().unwrap_or(""),
+            m.uid.as_deref().unwrap_or("")
+        );
+        self.service.on_behalf_of(&who).unwrap_or_else(|_| self.service.clone())
+    }
+
     pub fn new(client: kube::Client, service: Service, recorder: Recorder, metrics: Metrics, resync: Duration) -> Ctx {
         Ctx {
             client,

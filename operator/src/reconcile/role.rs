@@ -127,7 +127,7 @@ async fn outcome(ctx: &Ctx, obj: &Role) -> Result<Outcome, Error> {
         }
     }
     match ctx
-        .service
+        .acting_for(obj)
         .apply_role(pb::ApplyRoleRequest {
             role: Some(wanted),
             expected_revision: String::new(),
@@ -155,7 +155,7 @@ async fn cleanup(ctx: &Ctx, obj: &Role) -> Result<Action, Error> {
         name: name.clone(),
         expected_revision: String::new(),
     };
-    let service = ctx.service.clone();
+    let service = ctx.acting_for(obj);
     delete_if_owned(
         ctx,
         obj,

@@ -105,7 +105,7 @@ async fn outcome(ctx: &Ctx, obj: &Tenant) -> Result<Outcome, Error> {
         }
     }
     match ctx
-        .service
+        .acting_for(obj)
         .apply_tenant(pb::ApplyTenantRequest {
             tenant: Some(wanted),
             expected_revision: String::new(),
@@ -168,7 +168,7 @@ async fn cleanup(ctx: &Ctx, obj: &Tenant) -> Result<Action, Error> {
     };
     if owned {
         let deleted = ctx
-            .service
+            .acting_for(obj)
             .delete_tenant(pb::DeleteTenantRequest {
                 id: id.clone(),
                 expected_revision: String::new(),

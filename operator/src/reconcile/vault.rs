@@ -156,7 +156,7 @@ async fn outcome(ctx: &Ctx, obj: &Vault) -> Result<Outcome, Error> {
         Ok(d) => d,
         Err(v) => return Ok(Outcome::invalid(&v)),
     };
-    let service = &ctx.service;
+    let service = &ctx.acting_for(obj);
     let existing = match not_found(
         service
             .get_vault(pb::GetVaultRequest {
@@ -292,7 +292,7 @@ async fn cleanup(ctx: &Ctx, obj: &Vault) -> Result<Action, Error> {
         name: name.clone(),
         expected_revision: String::new(),
     };
-    let service = ctx.service.clone();
+    let service = ctx.acting_for(obj);
     delete_if_owned(
         ctx,
         obj,
