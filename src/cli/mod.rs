@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod audit;
+
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use portcullis_client::{Client, Config};
@@ -67,6 +69,9 @@ pub enum Command {
     /// Run policy test suites (`*.test.yaml`) offline, with the engine in
     /// process: exit 0 when all pass, 1 when one fails, 2 on an invalid file.
     Test(TestArgs),
+    /// Read the audit trail: list, verify a tenant's chain, export JSON lines.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Print the SHA-256 of an API key secret, for the keys file.
     HashKey {
         /// The secret.
@@ -376,6 +381,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Export(a) => export(a).await,
         Command::Health { client, service } => health(client, service).await,
         Command::Test(a) => return Ok(policy_test(a)),
+        Command::Audit(a) => return audit::run(a).await,
         Command::HashKey { secret } => {
             println!("{}", Keys::hash(&secret));
             Ok(())
