@@ -53,7 +53,13 @@ pub enum Operation {
     Create,
     Update,
     Delete,
+    /// An admin or audit call refused before it changed anything.
+    Refused,
 }
+
+/// The server-wide chain of refused calls: not a tenant id (those start
+/// with a letter or digit), so it never meets a tenant's chain.
+pub const REFUSALS: &str = "_refused";
 
 /// One audited change of one object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

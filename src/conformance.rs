@@ -261,7 +261,7 @@ pub fn audit_chain(make: &Make<'_>) {
         }
     });
     let q = AuditQuery {
-        tenant: acme.clone(),
+        tenant: acme.to_string(),
         descendants: false,
         vault: None,
         kind: None,
@@ -283,7 +283,7 @@ pub fn audit_chain(make: &Make<'_>) {
     assert!(events[1..].iter().all(|(e, _)| e.operation == Operation::Update));
     // Commit order: revisions grow with the sequence.
     assert!(events.windows(2).all(|w| w[0].1 < w[1].1));
-    let v = repo.verify_audit(&acme).unwrap();
+    let v = repo.verify_audit(acme.as_str()).unwrap();
     assert_eq!((v.checked, v.first_bad.clone()), (21, None));
     // Editing a stored event (as an attacker with store access would) is found.
     let key = crate::store::keyspace::audit_event("acme", 7);
@@ -293,7 +293,7 @@ pub fn audit_chain(make: &Make<'_>) {
     assert_ne!(edited, stored);
     tx.set(&key, &edited);
     tx.commit().unwrap();
-    let v = repo.verify_audit(&acme).unwrap();
+    let v = repo.verify_audit(acme.as_str()).unwrap();
     assert_eq!(v.first_bad.map(|b| b.0), Some(7), "the edited event");
 }
 

@@ -285,7 +285,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         AdminServiceServer::new(AdminApi { state: state.clone() })
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
-        keys.interceptor(Some(Scope::Admin)),
+        keys.audited_interceptor(Scope::Admin),
     );
     let watch_svc = InterceptedService::new(
         WatchServiceServer::new(WatchApi::new(state.clone(), opts.watch.clone())).max_encoding_message_size(max),
@@ -295,7 +295,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         AuditServiceServer::new(crate::api::audit::AuditApi { state: state.clone() })
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
-        keys.interceptor(Some(Scope::Audit)),
+        keys.audited_interceptor(Scope::Audit),
     );
     let diagnostics = InterceptedService::new(
         DiagnosticsServiceServer::new(DiagnosticsApi { state: state.clone() }),

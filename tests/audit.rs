@@ -290,7 +290,10 @@ async fn every_write_leaves_one_event_and_refusals_none() {
     // Verification.
     for t in ["acme", "acme/eng"] {
         let v = root
-            .verify_audit_chain(pb::VerifyAuditChainRequest { tenant: t.into() })
+            .verify_audit_chain(pb::VerifyAuditChainRequest {
+                tenant: t.into(),
+                refusals: false,
+            })
             .await
             .unwrap();
         assert!(v.intact, "{t}: {v:?}");
@@ -309,13 +312,65 @@ async fn every_write_leaves_one_event_and_refusals_none() {
         11
     );
     let e = eng
-        .verify_audit_chain(pb::VerifyAuditChainRequest { tenant: "acme".into() })
+        .verify_audit_chain(pb::VerifyAuditChainRequest {
+            tenant: "acme".into(),
+            refusals: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     let e = writer.list_audit_events(list("acme", false)).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert_eq!(e.reason(), &Reason::ScopeMissing);
+
+    // Refused calls are audited in the server-wide chain: a confined key
+    // outside its subtree, a key without the scope, an unknown key.
+    let stranger = client(srv.addr, "not-a-key").await;
+    let e = stranger.apply_tenant(apply_tenant(tenant("evil"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let refusals = pb::ListAuditEventsRequest {
+        refusals: true,
+        page_size: 100,
+        ..Default::default()
+    };
+    let start = std::time::Instant::now();
+    let events = loop {
+        let events = root.list_audit_events(refusals.clone()).await.unwrap().events;
+        if events.len() >= 4 || start.elapsed() > std::time::Duration::from_secs(10) {
+            break events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let got: Vec<(String, String, i32)> = events
+        .iter()
+        .map(|e| (e.actor.clone(), e.rpc.clone(), e.operation))
+        .collect();
+    let refused = pb::AuditOperation::Refused as i32;
+    assert_eq!(
+        got,
+        [
+            (s("eng-admin"), s("ListAuditEvents"), refused),
+            (s("eng-admin"), s("VerifyAuditChain"), refused),
+            (s("writer"), s("ListAuditEvents"), refused),
+            (s("unauthenticated"), s("ApplyTenant"), refused),
+        ]
+    );
+    let after = format!("{:?}", events[3].after);
+    assert!(
+        after.contains("Unauthenticated") && after.contains("127.0.0.1"),
+        "{after}"
+    );
+    let v = root
+        .verify_audit_chain(pb::VerifyAuditChainRequest {
+            tenant: String::new(),
+            refusals: true,
+        })
+        .await
+        .unwrap();
+    assert!(v.intact && v.checked == 4, "{v:?}");
+    // Only unconfined keys read them.
+    let e = eng.list_audit_events(refusals).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
     srv.shutdown().await;
 }
 

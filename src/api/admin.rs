@@ -84,447 +84,448 @@ fn vault_ref(tenant: &str, field: &str, name: &str) -> Result<(TenantId, crate::
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     async fn apply_tenant(&self, request: Request<pb::ApplyTenantRequest>) -> Res<pb::ApplyTenantResponse> {
-        self.state
-            .observed(SVC, "ApplyTenant", async {
-                let caller = auth::caller(&request)?;
-                let actor = super::audit::actor(&request, &caller, "ApplyTenant")?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                let t = conv(tenant_from(&required(r.tenant, "tenant")?, "tenant"))?;
-                caller.require_tenant(t.id.as_str())?;
-                self.write_rate(t.id.as_str())?;
-                let expected = parse_expected(&r.expected_revision)?;
-                let conf = confinement(&caller, t.id.as_str());
-                let a = self
-                    .state
-                    .repo
-                    .call(move |repo| repo.apply_tenant(&actor, t, expected, conf.as_ref()))
-                    .await?;
-                self.after_write(a.revision).await;
-                Ok(Response::new(pb::ApplyTenantResponse {
-                    tenant: Some(tenant_to(&a.object, a.revision, None)),
-                    revision: token(a.revision),
-                    changed: a.changed,
-                }))
-            })
-            .await
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "ApplyTenant", who, async {
+            let caller = auth::caller(&request)?;
+            let actor = super::audit::actor(&request, &caller, "ApplyTenant")?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            let t = conv(tenant_from(&required(r.tenant, "tenant")?, "tenant"))?;
+            caller.require_tenant(t.id.as_str())?;
+            self.write_rate(t.id.as_str())?;
+            let expected = parse_expected(&r.expected_revision)?;
+            let conf = confinement(&caller, t.id.as_str());
+            let a = self
+                .state
+                .repo
+                .call(move |repo| repo.apply_tenant(&actor, t, expected, conf.as_ref()))
+                .await?;
+            self.after_write(a.revision).await;
+            Ok(Response::new(pb::ApplyTenantResponse {
+                tenant: Some(tenant_to(&a.object, a.revision, None)),
+                revision: token(a.revision),
+                changed: a.changed,
+            }))
+        })
+        .await
     }
 
     async fn get_tenant(&self, request: Request<pb::GetTenantRequest>) -> Res<pb::Tenant> {
-        self.state
-            .observed(SVC, "GetTenant", async {
-                let caller = auth::caller(&request)?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                tenant_field("id", &r.id)?;
-                caller.require_tenant(&r.id)?;
-                let id = TenantId::parse(&r.id).map_err(|e| Status::from(ServiceError::invalid("id", e)))?;
-                let (t, rev, usage) = self.state.repo.call(move |repo| repo.get_tenant(&id)).await?;
-                Ok(Response::new(tenant_to(&t, rev, Some(usage))))
-            })
-            .await
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "GetTenant", who, async {
+            let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            tenant_field("id", &r.id)?;
+            caller.require_tenant(&r.id)?;
+            let id = TenantId::parse(&r.id).map_err(|e| Status::from(ServiceError::invalid("id", e)))?;
+            let (t, rev, usage) = self.state.repo.call(move |repo| repo.get_tenant(&id)).await?;
+            Ok(Response::new(tenant_to(&t, rev, Some(usage))))
+        })
+        .await
     }
 
     async fn list_tenants(&self, request: Request<pb::ListTenantsRequest>) -> Res<pb::ListTenantsResponse> {
-        self.state
-            .observed(SVC, "ListTenants", async {
-                let caller = auth::caller(&request)?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                let under = if r.under.is_empty() {
-                    match caller.confined_to() {
-                        [] => None,
-                        [one] => Some(one.clone()),
-                        many => {
-                            return Err(ServiceError::UnderRequired {
-                                key: caller.name.to_string(),
-                                confined_to: many.join(", "),
-                            }
-                            .into());
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "ListTenants", who, async {
+            let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            let under = if r.under.is_empty() {
+                match caller.confined_to() {
+                    [] => None,
+                    [one] => Some(one.clone()),
+                    many => {
+                        return Err(ServiceError::UnderRequired {
+                            key: caller.name.to_string(),
+                            confined_to: many.join(", "),
                         }
+                        .into());
                     }
-                } else {
-                    tenant_field("under", &r.under)?;
-                    caller.require_tenant(&r.under)?;
-                    Some(r.under.clone())
-                };
-                let under = under
-                    .map(|u| TenantId::parse(&u).map_err(|e| Status::from(ServiceError::invalid("under", e))))
-                    .transpose()?;
-                let (items, next) = self
-                    .state
-                    .repo
-                    .call(move |repo| repo.list_tenants(under.as_ref(), &r.page_token, r.page_size))
-                    .await?;
-                Ok(Response::new(pb::ListTenantsResponse {
-                    tenants: items.iter().map(|(t, rev)| tenant_to(t, *rev, None)).collect(),
-                    next_page_token: next,
-                }))
-            })
-            .await
+                }
+            } else {
+                tenant_field("under", &r.under)?;
+                caller.require_tenant(&r.under)?;
+                Some(r.under.clone())
+            };
+            let under = under
+                .map(|u| TenantId::parse(&u).map_err(|e| Status::from(ServiceError::invalid("under", e))))
+                .transpose()?;
+            let (items, next) = self
+                .state
+                .repo
+                .call(move |repo| repo.list_tenants(under.as_ref(), &r.page_token, r.page_size))
+                .await?;
+            Ok(Response::new(pb::ListTenantsResponse {
+                tenants: items.iter().map(|(t, rev)| tenant_to(t, *rev, None)).collect(),
+                next_page_token: next,
+            }))
+        })
+        .await
     }
 
     async fn delete_tenant(&self, request: Request<pb::DeleteTenantRequest>) -> Res<pb::DeleteResponse> {
-        self.state
-            .observed(SVC, "DeleteTenant", async {
-                let caller = auth::caller(&request)?;
-                let actor = super::audit::actor(&request, &caller, "DeleteTenant")?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                tenant_field("id", &r.id)?;
-                caller.require_tenant(&r.id)?;
-                let id = TenantId::parse(&r.id).map_err(|e| Status::from(ServiceError::invalid("id", e)))?;
-                self.write_rate(id.as_str())?;
-                let expected = parse_expected(&r.expected_revision)?;
-                let conf = confinement(&caller, id.as_str());
-                let rev = self
-                    .state
-                    .repo
-                    .call(move |repo| repo.delete_tenant(&actor, &id, expected, conf.as_ref()))
-                    .await?;
-                self.after_write(rev).await;
-                Ok(Response::new(pb::DeleteResponse { revision: token(rev) }))
-            })
-            .await
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "DeleteTenant", who, async {
+            let caller = auth::caller(&request)?;
+            let actor = super::audit::actor(&request, &caller, "DeleteTenant")?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            tenant_field("id", &r.id)?;
+            caller.require_tenant(&r.id)?;
+            let id = TenantId::parse(&r.id).map_err(|e| Status::from(ServiceError::invalid("id", e)))?;
+            self.write_rate(id.as_str())?;
+            let expected = parse_expected(&r.expected_revision)?;
+            let conf = confinement(&caller, id.as_str());
+            let rev = self
+                .state
+                .repo
+                .call(move |repo| repo.delete_tenant(&actor, &id, expected, conf.as_ref()))
+                .await?;
+            self.after_write(rev).await;
+            Ok(Response::new(pb::DeleteResponse { revision: token(rev) }))
+        })
+        .await
     }
 
     async fn apply_vault(&self, request: Request<pb::ApplyVaultRequest>) -> Res<pb::ApplyVaultResponse> {
-        self.state
-            .observed(SVC, "ApplyVault", async {
-                let caller = auth::caller(&request)?;
-                let actor = super::audit::actor(&request, &caller, "ApplyVault")?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                let v = conv(vault_from(&required(r.vault, "vault")?, "vault"))?;
-                caller.require_tenant(v.tenant.as_str())?;
-                self.write_rate(v.tenant.as_str())?;
-                let expected = parse_expected(&r.expected_revision)?;
-                let a = self
-                    .state
-                    .repo
-                    .call(move |repo| repo.apply_vault(&actor, v, expected))
-                    .await?;
-                self.after_write(a.revision).await;
-                Ok(Response::new(pb::ApplyVaultResponse {
-                    vault: Some(vault_to(&a.object, a.revision)),
-                    revision: token(a.revision),
-                    changed: a.changed,
-                }))
-            })
-            .await
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "ApplyVault", who, async {
+            let caller = auth::caller(&request)?;
+            let actor = super::audit::actor(&request, &caller, "ApplyVault")?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            let v = conv(vault_from(&required(r.vault, "vault")?, "vault"))?;
+            caller.require_tenant(v.tenant.as_str())?;
+            self.write_rate(v.tenant.as_str())?;
+            let expected = parse_expected(&r.expected_revision)?;
+            let a = self
+                .state
+                .repo
+                .call(move |repo| repo.apply_vault(&actor, v, expected))
+                .await?;
+            self.after_write(a.revision).await;
+            Ok(Response::new(pb::ApplyVaultResponse {
+                vault: Some(vault_to(&a.object, a.revision)),
+                revision: token(a.revision),
+                changed: a.changed,
+            }))
+        })
+        .await
     }
 
     async fn get_vault(&self, request: Request<pb::GetVaultRequest>) -> Res<pb::Vault> {
-        self.state
-            .observed(SVC, "GetVault", async {
-                let caller = auth::caller(&request)?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                let (t, n) = vault_ref(&r.tenant, "name", &r.name)?;
-                caller.require_tenant(t.as_str())?;
-                let (vault, rev) = self.state.repo.call(move |repo| repo.get_vault(&t, &n)).await?;
-                Ok(Response::new(vault_to(&vault, rev)))
-            })
-            .await
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "GetVault", who, async {
+            let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            let (t, n) = vault_ref(&r.tenant, "name", &r.name)?;
+            caller.require_tenant(t.as_str())?;
+            let (vault, rev) = self.state.repo.call(move |repo| repo.get_vault(&t, &n)).await?;
+            Ok(Response::new(vault_to(&vault, rev)))
+        })
+        .await
     }
 
     async fn list_vaults(&self, request: Request<pb::ListVaultsRequest>) -> Res<pb::ListVaultsResponse> {
-        self.state
-            .observed(SVC, "ListVaults", async {
-                let caller = auth::caller(&request)?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                tenant_field("tenant", &r.tenant)?;
-                caller.require_tenant(&r.tenant)?;
-                let t = TenantId::parse(&r.tenant).map_err(|e| Status::from(ServiceError::invalid("tenant", e)))?;
-                let (items, next) = self
-                    .state
-                    .repo
-                    .call(move |repo| repo.list_vaults(&t, &r.page_token, r.page_size))
-                    .await?;
-                Ok(Response::new(pb::ListVaultsResponse {
-                    vaults: items.iter().map(|(v, rev)| vault_to(v, *rev)).collect(),
-                    next_page_token: next,
-                }))
-            })
-            .await
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "ListVaults", who, async {
+            let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            tenant_field("tenant", &r.tenant)?;
+            caller.require_tenant(&r.tenant)?;
+            let t = TenantId::parse(&r.tenant).map_err(|e| Status::from(ServiceError::invalid("tenant", e)))?;
+            let (items, next) = self
+                .state
+                .repo
+                .call(move |repo| repo.list_vaults(&t, &r.page_token, r.page_size))
+                .await?;
+            Ok(Response::new(pb::ListVaultsResponse {
+                vaults: items.iter().map(|(v, rev)| vault_to(v, *rev)).collect(),
+                next_page_token: next,
+            }))
+        })
+        .await
     }
 
     async fn delete_vault(&self, request: Request<pb::DeleteVaultRequest>) -> Res<pb::DeleteResponse> {
-        self.state
-            .observed(SVC, "DeleteVault", async {
-                let caller = auth::caller(&request)?;
-                let actor = super::audit::actor(&request, &caller, "DeleteVault")?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                let (t, n) = vault_ref(&r.tenant, "name", &r.name)?;
-                caller.require_tenant(t.as_str())?;
-                self.write_rate(t.as_str())?;
-                let expected = parse_expected(&r.expected_revision)?;
-                let rev = self
-                    .state
-                    .repo
-                    .call(move |repo| repo.delete_vault(&actor, &t, &n, expected))
-                    .await?;
-                self.after_write(rev).await;
-                Ok(Response::new(pb::DeleteResponse { revision: token(rev) }))
-            })
-            .await
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "DeleteVault", who, async {
+            let caller = auth::caller(&request)?;
+            let actor = super::audit::actor(&request, &caller, "DeleteVault")?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            let (t, n) = vault_ref(&r.tenant, "name", &r.name)?;
+            caller.require_tenant(t.as_str())?;
+            self.write_rate(t.as_str())?;
+            let expected = parse_expected(&r.expected_revision)?;
+            let rev = self
+                .state
+                .repo
+                .call(move |repo| repo.delete_vault(&actor, &t, &n, expected))
+                .await?;
+            self.after_write(rev).await;
+            Ok(Response::new(pb::DeleteResponse { revision: token(rev) }))
+        })
+        .await
     }
 
     async fn apply_role(&self, request: Request<pb::ApplyRoleRequest>) -> Res<pb::ApplyRoleResponse> {
-        self.state
-            .observed(SVC, "ApplyRole", async {
-                let caller = auth::caller(&request)?;
-                let actor = super::audit::actor(&request, &caller, "ApplyRole")?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                let role = conv(role_from(&required(r.role, "role")?, "role"))?;
-                caller.require_tenant(role.tenant.as_str())?;
-                self.write_rate(role.tenant.as_str())?;
-                let expected = parse_expected(&r.expected_revision)?;
-                let a = self
-                    .state
-                    .repo
-                    .call(move |repo| repo.apply_role(&actor, role, expected))
-                    .await
-                    .map_err(|e| match e {
-                        ServiceError::Invalid(mut v) => {
-                            for f in &mut v.0 {
-                                f.field = format!("role.{}", f.field);
-                            }
-                            Status::from(ServiceError::Invalid(v))
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "ApplyRole", who, async {
+            let caller = auth::caller(&request)?;
+            let actor = super::audit::actor(&request, &caller, "ApplyRole")?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            let role = conv(role_from(&required(r.role, "role")?, "role"))?;
+            caller.require_tenant(role.tenant.as_str())?;
+            self.write_rate(role.tenant.as_str())?;
+            let expected = parse_expected(&r.expected_revision)?;
+            let a = self
+                .state
+                .repo
+                .call(move |repo| repo.apply_role(&actor, role, expected))
+                .await
+                .map_err(|e| match e {
+                    ServiceError::Invalid(mut v) => {
+                        for f in &mut v.0 {
+                            f.field = format!("role.{}", f.field);
                         }
-                        other => Status::from(other),
-                    })?;
-                self.after_write(a.revision).await;
-                Ok(Response::new(pb::ApplyRoleResponse {
-                    role: Some(role_to(&a.object, a.revision)),
-                    revision: token(a.revision),
-                    changed: a.changed,
-                }))
-            })
-            .await
+                        Status::from(ServiceError::Invalid(v))
+                    }
+                    other => Status::from(other),
+                })?;
+            self.after_write(a.revision).await;
+            Ok(Response::new(pb::ApplyRoleResponse {
+                role: Some(role_to(&a.object, a.revision)),
+                revision: token(a.revision),
+                changed: a.changed,
+            }))
+        })
+        .await
     }
 
     async fn get_role(&self, request: Request<pb::GetRoleRequest>) -> Res<pb::Role> {
-        self.state
-            .observed(SVC, "GetRole", async {
-                let caller = auth::caller(&request)?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
-                let name = crate::engine::RoleName::parse(&r.name)
-                    .map_err(|e| Status::from(ServiceError::invalid("name", e)))?;
-                caller.require_tenant(t.as_str())?;
-                let (role, rev) = self
-                    .state
-                    .repo
-                    .call(move |repo| repo.get_role(&t, vn.as_ref(), &name))
-                    .await?;
-                Ok(Response::new(role_to(&role, rev)))
-            })
-            .await
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "GetRole", who, async {
+            let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
+            let name =
+                crate::engine::RoleName::parse(&r.name).map_err(|e| Status::from(ServiceError::invalid("name", e)))?;
+            caller.require_tenant(t.as_str())?;
+            let (role, rev) = self
+                .state
+                .repo
+                .call(move |repo| repo.get_role(&t, vn.as_ref(), &name))
+                .await?;
+            Ok(Response::new(role_to(&role, rev)))
+        })
+        .await
     }
 
     async fn list_roles(&self, request: Request<pb::ListRolesRequest>) -> Res<pb::ListRolesResponse> {
-        self.state
-            .observed(SVC, "ListRoles", async {
-                let caller = auth::caller(&request)?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
-                caller.require_tenant(t.as_str())?;
-                let (items, next) = self
-                    .state
-                    .repo
-                    .call(move |repo| repo.list_roles(&t, vn.as_ref(), &r.page_token, r.page_size))
-                    .await?;
-                Ok(Response::new(pb::ListRolesResponse {
-                    roles: items.iter().map(|(x, rev)| role_to(x, *rev)).collect(),
-                    next_page_token: next,
-                }))
-            })
-            .await
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "ListRoles", who, async {
+            let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
+            caller.require_tenant(t.as_str())?;
+            let (items, next) = self
+                .state
+                .repo
+                .call(move |repo| repo.list_roles(&t, vn.as_ref(), &r.page_token, r.page_size))
+                .await?;
+            Ok(Response::new(pb::ListRolesResponse {
+                roles: items.iter().map(|(x, rev)| role_to(x, *rev)).collect(),
+                next_page_token: next,
+            }))
+        })
+        .await
     }
 
     async fn delete_role(&self, request: Request<pb::DeleteRoleRequest>) -> Res<pb::DeleteResponse> {
-        self.state
-            .observed(SVC, "DeleteRole", async {
-                let caller = auth::caller(&request)?;
-                let actor = super::audit::actor(&request, &caller, "DeleteRole")?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
-                let name = crate::engine::RoleName::parse(&r.name)
-                    .map_err(|e| Status::from(ServiceError::invalid("name", e)))?;
-                caller.require_tenant(t.as_str())?;
-                self.write_rate(t.as_str())?;
-                let expected = parse_expected(&r.expected_revision)?;
-                let rev = self
-                    .state
-                    .repo
-                    .call(move |repo| repo.delete_role(&actor, &t, vn.as_ref(), &name, expected))
-                    .await?;
-                self.after_write(rev).await;
-                Ok(Response::new(pb::DeleteResponse { revision: token(rev) }))
-            })
-            .await
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "DeleteRole", who, async {
+            let caller = auth::caller(&request)?;
+            let actor = super::audit::actor(&request, &caller, "DeleteRole")?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
+            let name =
+                crate::engine::RoleName::parse(&r.name).map_err(|e| Status::from(ServiceError::invalid("name", e)))?;
+            caller.require_tenant(t.as_str())?;
+            self.write_rate(t.as_str())?;
+            let expected = parse_expected(&r.expected_revision)?;
+            let rev = self
+                .state
+                .repo
+                .call(move |repo| repo.delete_role(&actor, &t, vn.as_ref(), &name, expected))
+                .await?;
+            self.after_write(rev).await;
+            Ok(Response::new(pb::DeleteResponse { revision: token(rev) }))
+        })
+        .await
     }
 
     async fn write_bindings(&self, request: Request<pb::WriteBindingsRequest>) -> Res<pb::WriteResponse> {
-        self.state
-            .observed(SVC, "WriteBindings", async {
-                let caller = auth::caller(&request)?;
-                let actor = super::audit::actor(&request, &caller, "WriteBindings")?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
-                caller.require_tenant(t.as_str())?;
-                self.write_rate(t.as_str())?;
-                let mut v = Violations::new();
-                let mut upserts: Vec<Binding> = Vec::with_capacity(r.upserts.len());
-                for (i, b) in r.upserts.iter().enumerate() {
-                    match binding_from(b, &format!("upserts[{i}]"), &r.tenant, &r.vault) {
-                        Ok(b) => upserts.push(b),
-                        Err(e) => v.extend(e),
-                    }
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "WriteBindings", who, async {
+            let caller = auth::caller(&request)?;
+            let actor = super::audit::actor(&request, &caller, "WriteBindings")?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
+            caller.require_tenant(t.as_str())?;
+            self.write_rate(t.as_str())?;
+            let mut v = Violations::new();
+            let mut upserts: Vec<Binding> = Vec::with_capacity(r.upserts.len());
+            for (i, b) in r.upserts.iter().enumerate() {
+                match binding_from(b, &format!("upserts[{i}]"), &r.tenant, &r.vault) {
+                    Ok(b) => upserts.push(b),
+                    Err(e) => v.extend(e),
                 }
-                let replace = opt_source(&mut v, "replace_source", r.replace_source);
-                v.into_result()?;
-                let deletes = r.deletes;
-                let ((up, del), rev) = self
-                    .state
-                    .repo
-                    .call(move |repo| repo.write_bindings(&actor, &t, vn.as_ref(), &upserts, &deletes, replace))
-                    .await?;
-                self.after_write(rev).await;
-                Ok(Response::new(pb::WriteResponse {
-                    written_at: token(rev),
-                    upserted: up,
-                    deleted: del,
-                }))
-            })
-            .await
+            }
+            let replace = opt_source(&mut v, "replace_source", r.replace_source);
+            v.into_result()?;
+            let deletes = r.deletes;
+            let ((up, del), rev) = self
+                .state
+                .repo
+                .call(move |repo| repo.write_bindings(&actor, &t, vn.as_ref(), &upserts, &deletes, replace))
+                .await?;
+            self.after_write(rev).await;
+            Ok(Response::new(pb::WriteResponse {
+                written_at: token(rev),
+                upserted: up,
+                deleted: del,
+            }))
+        })
+        .await
     }
 
     async fn list_bindings(&self, request: Request<pb::ListBindingsRequest>) -> Res<pb::ListBindingsResponse> {
-        self.state
-            .observed(SVC, "ListBindings", async {
-                let caller = auth::caller(&request)?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
-                caller.require_tenant(t.as_str())?;
-                let mut v = Violations::new();
-                let subj = if r.subject.is_empty() {
-                    None
-                } else {
-                    subject(&mut v, "subject", &r.subject)
-                };
-                let source = opt_source(&mut v, "source", r.source);
-                v.into_result()?;
-                let (items, next) = self
-                    .state
-                    .repo
-                    .call(move |repo| {
-                        repo.list_bindings(&t, vn.as_ref(), subj.as_ref(), source, &r.page_token, r.page_size)
-                    })
-                    .await?;
-                Ok(Response::new(pb::ListBindingsResponse {
-                    bindings: items.iter().map(binding_to).collect(),
-                    next_page_token: next,
-                }))
-            })
-            .await
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "ListBindings", who, async {
+            let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
+            caller.require_tenant(t.as_str())?;
+            let mut v = Violations::new();
+            let subj = if r.subject.is_empty() {
+                None
+            } else {
+                subject(&mut v, "subject", &r.subject)
+            };
+            let source = opt_source(&mut v, "source", r.source);
+            v.into_result()?;
+            let (items, next) = self
+                .state
+                .repo
+                .call(move |repo| {
+                    repo.list_bindings(&t, vn.as_ref(), subj.as_ref(), source, &r.page_token, r.page_size)
+                })
+                .await?;
+            Ok(Response::new(pb::ListBindingsResponse {
+                bindings: items.iter().map(binding_to).collect(),
+                next_page_token: next,
+            }))
+        })
+        .await
     }
 
     async fn write_memberships(&self, request: Request<pb::WriteMembershipsRequest>) -> Res<pb::WriteResponse> {
-        self.state
-            .observed(SVC, "WriteMemberships", async {
-                let caller = auth::caller(&request)?;
-                let actor = super::audit::actor(&request, &caller, "WriteMemberships")?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
-                caller.require_tenant(t.as_str())?;
-                self.write_rate(t.as_str())?;
-                let mut v = Violations::new();
-                let mut conv_list = |field: &str, list: &[pb::Membership]| -> Vec<Membership> {
-                    let mut out = Vec::with_capacity(list.len());
-                    for (i, m) in list.iter().enumerate() {
-                        match membership_from(m, &format!("{field}[{i}]"), &r.tenant, &r.vault) {
-                            Ok(m) => out.push(m),
-                            Err(e) => v.extend(e),
-                        }
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "WriteMemberships", who, async {
+            let caller = auth::caller(&request)?;
+            let actor = super::audit::actor(&request, &caller, "WriteMemberships")?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
+            caller.require_tenant(t.as_str())?;
+            self.write_rate(t.as_str())?;
+            let mut v = Violations::new();
+            let mut conv_list = |field: &str, list: &[pb::Membership]| -> Vec<Membership> {
+                let mut out = Vec::with_capacity(list.len());
+                for (i, m) in list.iter().enumerate() {
+                    match membership_from(m, &format!("{field}[{i}]"), &r.tenant, &r.vault) {
+                        Ok(m) => out.push(m),
+                        Err(e) => v.extend(e),
                     }
-                    out
-                };
-                let upserts = conv_list("upserts", &r.upserts);
-                let deletes = conv_list("deletes", &r.deletes);
-                let replace = opt_source(&mut v, "replace_source", r.replace_source);
-                v.into_result()?;
-                let ((up, del), rev) = self
-                    .state
-                    .repo
-                    .call(move |repo| repo.write_memberships(&actor, &t, vn.as_ref(), &upserts, &deletes, replace))
-                    .await?;
-                self.after_write(rev).await;
-                Ok(Response::new(pb::WriteResponse {
-                    written_at: token(rev),
-                    upserted: up,
-                    deleted: del,
-                }))
-            })
-            .await
+                }
+                out
+            };
+            let upserts = conv_list("upserts", &r.upserts);
+            let deletes = conv_list("deletes", &r.deletes);
+            let replace = opt_source(&mut v, "replace_source", r.replace_source);
+            v.into_result()?;
+            let ((up, del), rev) = self
+                .state
+                .repo
+                .call(move |repo| repo.write_memberships(&actor, &t, vn.as_ref(), &upserts, &deletes, replace))
+                .await?;
+            self.after_write(rev).await;
+            Ok(Response::new(pb::WriteResponse {
+                written_at: token(rev),
+                upserted: up,
+                deleted: del,
+            }))
+        })
+        .await
     }
 
     async fn list_memberships(&self, request: Request<pb::ListMembershipsRequest>) -> Res<pb::ListMembershipsResponse> {
-        self.state
-            .observed(SVC, "ListMemberships", async {
-                let caller = auth::caller(&request)?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
-                caller.require_tenant(t.as_str())?;
-                let mut v = Violations::new();
-                let group: Option<Subject> = if r.group.is_empty() {
-                    None
-                } else {
-                    subject(&mut v, "group", &r.group)
-                };
-                let member = if r.member.is_empty() {
-                    None
-                } else {
-                    subject(&mut v, "member", &r.member)
-                };
-                v.into_result()?;
-                let (items, next) = self
-                    .state
-                    .repo
-                    .call(move |repo| {
-                        repo.list_memberships(
-                            &t,
-                            vn.as_ref(),
-                            group.as_ref(),
-                            member.as_ref(),
-                            &r.page_token,
-                            r.page_size,
-                        )
-                    })
-                    .await?;
-                Ok(Response::new(pb::ListMembershipsResponse {
-                    memberships: items.iter().map(membership_to).collect(),
-                    next_page_token: next,
-                }))
-            })
-            .await
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "ListMemberships", who, async {
+            let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            let (t, vn) = scope_fields(&r.tenant, &r.vault)?;
+            caller.require_tenant(t.as_str())?;
+            let mut v = Violations::new();
+            let group: Option<Subject> = if r.group.is_empty() {
+                None
+            } else {
+                subject(&mut v, "group", &r.group)
+            };
+            let member = if r.member.is_empty() {
+                None
+            } else {
+                subject(&mut v, "member", &r.member)
+            };
+            v.into_result()?;
+            let (items, next) = self
+                .state
+                .repo
+                .call(move |repo| {
+                    repo.list_memberships(
+                        &t,
+                        vn.as_ref(),
+                        group.as_ref(),
+                        member.as_ref(),
+                        &r.page_token,
+                        r.page_size,
+                    )
+                })
+                .await?;
+            Ok(Response::new(pb::ListMembershipsResponse {
+                memberships: items.iter().map(membership_to).collect(),
+                next_page_token: next,
+            }))
+        })
+        .await
     }
 
     async fn import_vault(&self, request: Request<Streaming<pb::ImportVaultRequest>>) -> Res<pb::ImportVaultResponse> {
-        self.state.observed(SVC, "ImportVault", async {
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "ImportVault", who, async {
             let caller = auth::caller(&request)?;
-                let actor = super::audit::actor(&request, &caller, "ImportVault")?;
+            let actor = super::audit::actor(&request, &caller, "ImportVault")?;
             let mut stream = request.into_inner();
             let mut scope: Option<(String, String)> = None;
             let mut roles: Vec<Role> = Vec::new();
@@ -643,48 +644,48 @@ impl AdminService for AdminApi {
     }
 
     async fn plan_changes(&self, request: Request<pb::PlanChangesRequest>) -> Res<pb::PlanChangesResponse> {
-        self.state
-            .observed(SVC, "PlanChanges", async {
-                let caller = auth::caller(&request)?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                let index = self.state.index()?.clone();
-                // Planning can touch whole lineages: the bounded pool.
-                let plan = self
-                    .state
-                    .expensive(move || super::plan::plan(&index.engine(), &r, crate::engine::Timestamp::now()))
-                    .await?;
-                Ok(Response::new(plan))
-            })
-            .await
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "PlanChanges", who, async {
+            let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            let index = self.state.index()?.clone();
+            // Planning can touch whole lineages: the bounded pool.
+            let plan = self
+                .state
+                .expensive(move || super::plan::plan(&index.engine(), &r, crate::engine::Timestamp::now()))
+                .await?;
+            Ok(Response::new(plan))
+        })
+        .await
     }
 
     type ExportVaultStream =
         std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ExportVaultResponse, Status>> + Send + 'static>>;
 
     async fn export_vault(&self, request: Request<pb::ExportVaultRequest>) -> Res<Self::ExportVaultStream> {
-        self.state
-            .observed(SVC, "ExportVault", async {
-                let caller = auth::caller(&request)?;
-                caller.require_all(&request.get_ref().tenant_fields())?;
-                let r = request.into_inner();
-                let (t, n) = vault_ref(&r.tenant, "vault", &r.vault)?;
-                caller.require_tenant(t.as_str())?;
-                let (export, rev) = self.state.repo.call(move |repo| repo.export_vault(&t, &n)).await?;
-                let revision = token(rev);
-                use pb::export_vault_response::Item;
-                let mut items = vec![Item::Vault(vault_to(&export.vault, 0))];
-                items.extend(export.roles.iter().map(|x| Item::Role(role_to(x, 0))));
-                items.extend(export.bindings.iter().map(|b| Item::Binding(binding_to(b))));
-                items.extend(export.memberships.iter().map(|m| Item::Membership(membership_to(m))));
-                let stream = tokio_stream::iter(items.into_iter().map(move |item| {
-                    Ok(pb::ExportVaultResponse {
-                        item: Some(item),
-                        revision: revision.clone(),
-                    })
-                }));
-                Ok(Response::new(Box::pin(stream) as Self::ExportVaultStream))
-            })
-            .await
+        let who = auth::who(&request);
+        super::audit::refusals_audited(&self.state, SVC, "ExportVault", who, async {
+            let caller = auth::caller(&request)?;
+            caller.require_all(&request.get_ref().tenant_fields())?;
+            let r = request.into_inner();
+            let (t, n) = vault_ref(&r.tenant, "vault", &r.vault)?;
+            caller.require_tenant(t.as_str())?;
+            let (export, rev) = self.state.repo.call(move |repo| repo.export_vault(&t, &n)).await?;
+            let revision = token(rev);
+            use pb::export_vault_response::Item;
+            let mut items = vec![Item::Vault(vault_to(&export.vault, 0))];
+            items.extend(export.roles.iter().map(|x| Item::Role(role_to(x, 0))));
+            items.extend(export.bindings.iter().map(|b| Item::Binding(binding_to(b))));
+            items.extend(export.memberships.iter().map(|m| Item::Membership(membership_to(m))));
+            let stream = tokio_stream::iter(items.into_iter().map(move |item| {
+                Ok(pb::ExportVaultResponse {
+                    item: Some(item),
+                    revision: revision.clone(),
+                })
+            }));
+            Ok(Response::new(Box::pin(stream) as Self::ExportVaultStream))
+        })
+        .await
     }
 }

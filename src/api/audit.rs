@@ -13,7 +13,7 @@ use crate::audit::{Actor, Event, Operation};
 use crate::engine::Timestamp;
 use crate::engine::ids::{TenantId, Violations};
 use crate::error::ServiceError;
-use crate::repo::{AuditQuery, token};
+use crate::repo::{AuditQuery, RefusedCall, Repo, token};
 
 const SVC: &str = "AuditService";
 
@@ -47,6 +47,83 @@ pub fn actor<T>(request: &Request<T>, caller: &Caller, rpc: &str) -> Result<Acto
     Ok(Actor::new(caller.name.to_string(), rpc).for_(on_behalf_of))
 }
 
+/// Refused admin and audit calls on their way to the server-wide chain.
+///
+/// Never on the refused call's path, and never a way to flood the store: a
+/// bounded queue feeds one writer task that writes a batch per transaction;
+/// when the queue is full a refusal is counted instead
+/// (`portcullis_audit_refusals_dropped_total`) and the count is written
+/// with the next one recorded.
+pub struct RefusalLog {
+    tx: tokio::sync::mpsc::Sender<RefusedCall>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    dropped_total: prometheus::IntCounter,
+}
+
+const REFUSAL_QUEUE: usize = 1024;
+const REFUSAL_BATCH: usize = 200;
+
+impl RefusalLog {
+    /// Starts the writer task (on the current runtime).
+    pub fn start(repo: Arc<Repo>, dropped_total: prometheus::IntCounter) -> RefusalLog {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<RefusedCall>(REFUSAL_QUEUE);
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let uncounted = dropped.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < REFUSAL_BATCH {
+                    match rx.try_recv() {
+                        Ok(c) => batch.push(c),
+                        Err(_) => break,
+                    }
+                }
+                let n = uncounted.swap(0, std::sync::atomic::Ordering::AcqRel);
+                if let Err(e) = repo.call(move |r| r.record_refusals(&batch, n)).await {
+                    tracing::warn!(error = %e, "refused calls not recorded in the audit trail");
+                }
+            }
+        });
+        RefusalLog {
+            tx,
+            dropped,
+            dropped_total,
+        }
+    }
+
+    pub fn record(&self, call: RefusedCall) {
+        if self.tx.try_send(call).is_err() {
+            self.dropped.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            self.dropped_total.inc();
+        }
+    }
+}
+
+/// Runs an admin or audit handler; a refusal (UNAUTHENTICATED or
+/// PERMISSION_DENIED) is recorded in the server-wide chain.
+pub async fn refusals_audited<T>(
+    state: &AppState,
+    service: &'static str,
+    method: &'static str,
+    who: auth::Who,
+    fut: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let r = state.observed(service, method, fut).await;
+    if let Err(s) = &r
+        && matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
+    {
+        state.refusals.record(RefusedCall {
+            time_micros: Timestamp::now().0,
+            actor: who.actor,
+            peer: who.peer.map(|p| p.to_string()),
+            rpc: method.to_string(),
+            code: format!("{:?}", s.code()),
+            message: s.message().chars().take(512).collect(),
+        });
+    }
+    r
+}
+
 pub struct AuditApi {
     pub state: Arc<AppState>,
 }
@@ -56,6 +133,7 @@ fn operation_to(o: Operation) -> i32 {
         Operation::Create => pb::AuditOperation::Create as i32,
         Operation::Update => pb::AuditOperation::Update as i32,
         Operation::Delete => pb::AuditOperation::Delete as i32,
+        Operation::Refused => pb::AuditOperation::Refused as i32,
     }
 }
 
@@ -80,19 +158,30 @@ pub fn event_to(e: &Event, revision: u64) -> pb::AuditEvent {
 
 fn query_from(r: &pb::ListAuditEventsRequest) -> Result<AuditQuery, Status> {
     let mut v = Violations::new();
-    let tenant = v.check("tenant", TenantId::parse(&r.tenant));
+    let tenant = if r.refusals {
+        if !r.tenant.is_empty() {
+            v.push("tenant", "must be empty when reading the refusals");
+        }
+        if r.include_descendants {
+            v.push("include_descendants", "the refusals have no descendants");
+        }
+        Some(crate::audit::REFUSALS.to_string())
+    } else {
+        v.check("tenant", TenantId::parse(&r.tenant)).map(|t| t.to_string())
+    };
     let operation = match pb::AuditOperation::try_from(r.operation) {
         Ok(pb::AuditOperation::Unspecified) => None,
         Ok(pb::AuditOperation::Create) => Some(Operation::Create),
         Ok(pb::AuditOperation::Update) => Some(Operation::Update),
         Ok(pb::AuditOperation::Delete) => Some(Operation::Delete),
+        Ok(pb::AuditOperation::Refused) => Some(Operation::Refused),
         Err(_) => {
             v.push("operation", format!("unknown operation {}", r.operation));
             None
         }
     };
-    if !r.kind.is_empty() && !["tenant", "vault", "role", "binding", "membership"].contains(&r.kind.as_str()) {
-        v.push("kind", "must be tenant, vault, role, binding or membership");
+    if !r.kind.is_empty() && !["tenant", "vault", "role", "binding", "membership", "call"].contains(&r.kind.as_str()) {
+        v.push("kind", "must be tenant, vault, role, binding, membership or call");
     }
     if r.vault.len() > 256 || r.actor.len() > 256 {
         v.push(if r.vault.len() > 256 { "vault" } else { "actor" }, "at most 256 bytes");
@@ -115,54 +204,81 @@ fn query_from(r: &pb::ListAuditEventsRequest) -> Result<AuditQuery, Status> {
     })
 }
 
+fn require_unconfined(caller: &Caller) -> Result<(), Status> {
+    if caller.is_confined() {
+        return Err(ServiceError::OutsideConfinement {
+            key: caller.name.to_string(),
+            confined_to: "some tenants".into(),
+            field: "refusals".into(),
+            tenant: String::new(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl AuditService for AuditApi {
     async fn list_audit_events(
         &self,
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        self.state
-            .observed(SVC, "ListAuditEvents", async {
-                let caller = auth::caller(&request)?;
-                let r = request.into_inner();
-                let q = query_from(&r)?;
-                // A confined key reads its subtrees only: the tenant asked
-                // for (and so every descendant) must be inside one.
+        let who = auth::who(&request);
+        refusals_audited(&self.state, SVC, "ListAuditEvents", who, async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            let q = query_from(&r)?;
+            // A confined key reads its subtrees only: the tenant asked
+            // for (and so every descendant) must be inside one. The
+            // refusals span the server: unconfined keys only.
+            if r.refusals {
+                require_unconfined(&caller)?;
+            } else {
                 caller.require_tenant(q.tenant.as_str())?;
-                let (page_token, size) = (r.page_token.clone(), r.page_size);
-                let (events, next) = self
-                    .state
-                    .repo
-                    .call(move |repo| repo.list_audit(&q, &page_token, size))
-                    .await?;
-                Ok(Response::new(pb::ListAuditEventsResponse {
-                    events: events.iter().map(|(e, rev)| event_to(e, *rev)).collect(),
-                    next_page_token: next,
-                }))
-            })
-            .await
+            }
+            let (page_token, size) = (r.page_token.clone(), r.page_size);
+            let (events, next) = self
+                .state
+                .repo
+                .call(move |repo| repo.list_audit(&q, &page_token, size))
+                .await?;
+            Ok(Response::new(pb::ListAuditEventsResponse {
+                events: events.iter().map(|(e, rev)| event_to(e, *rev)).collect(),
+                next_page_token: next,
+            }))
+        })
+        .await
     }
 
     async fn verify_audit_chain(
         &self,
         request: Request<pb::VerifyAuditChainRequest>,
     ) -> Result<Response<pb::VerifyAuditChainResponse>, Status> {
-        self.state
-            .observed(SVC, "VerifyAuditChain", async {
-                let caller = auth::caller(&request)?;
-                let r = request.into_inner();
+        let who = auth::who(&request);
+        refusals_audited(&self.state, SVC, "VerifyAuditChain", who, async {
+            let caller = auth::caller(&request)?;
+            let r = request.into_inner();
+            let chain = if r.refusals {
+                if !r.tenant.is_empty() {
+                    return Err(ServiceError::invalid("tenant", "must be empty when verifying the refusals").into());
+                }
+                require_unconfined(&caller)?;
+                crate::audit::REFUSALS.to_string()
+            } else {
                 let t =
                     TenantId::parse(&r.tenant).map_err(|rule| Status::from(ServiceError::invalid("tenant", rule)))?;
                 caller.require_tenant(t.as_str())?;
-                let verified = self.state.repo.call(move |repo| repo.verify_audit(&t)).await?;
-                let (first_bad_seq, problem) = verified.first_bad.clone().unwrap_or_default();
-                Ok(Response::new(pb::VerifyAuditChainResponse {
-                    checked: verified.checked,
-                    intact: verified.first_bad.is_none(),
-                    first_bad_seq,
-                    problem,
-                }))
-            })
-            .await
+                t.to_string()
+            };
+            let verified = self.state.repo.call(move |repo| repo.verify_audit(&chain)).await?;
+            let (first_bad_seq, problem) = verified.first_bad.clone().unwrap_or_default();
+            Ok(Response::new(pb::VerifyAuditChainResponse {
+                checked: verified.checked,
+                intact: verified.first_bad.is_none(),
+                first_bad_seq,
+                problem,
+            }))
+        })
+        .await
     }
 }

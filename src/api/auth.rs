@@ -265,6 +265,39 @@ impl Keys {
         found
     }
 
+    /// An interceptor that lets refused calls through to the handler, with
+    /// the refusal in place of the caller: [`caller`] returns it, and the
+    /// handler's wrapper records it in the audit trail.
+    pub fn audited_interceptor(
+        &self,
+        scope: Scope,
+    ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
+        let keys = self.clone();
+        move |mut req: Request<()>| {
+            match keys.caller(&req, Some(scope)) {
+                Ok(caller) => {
+                    req.extensions_mut().insert(caller);
+                }
+                Err(status) => {
+                    let key = keys.key_name(&req);
+                    req.extensions_mut().insert(Refused { status, key });
+                }
+            }
+            Ok(req)
+        }
+    }
+
+    /// The name of the key a request presents, if it is one.
+    fn key_name<T>(&self, req: &Request<T>) -> Option<Arc<str>> {
+        let set = self.keys.as_ref()?;
+        let keys = set.current.load();
+        let secret = req.metadata().get("authorization")?.to_str().ok()?;
+        let secret = secret
+            .strip_prefix("Bearer ")
+            .or_else(|| secret.strip_prefix("bearer "))?;
+        Self::authenticate(&keys, secret.trim()).map(|k| k.name.clone())
+    }
+
     /// An interceptor for one service: authenticates and checks `scope`.
     pub fn interceptor(
         &self,
@@ -371,10 +404,41 @@ fn unauthenticated(why: &'static str) -> Status {
 
 /// The caller the interceptor attached.
 pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+    if let Some(r) = req.extensions().get::<Refused>() {
+        return Err(r.status.clone());
+    }
     req.extensions()
         .get::<Caller>()
         .cloned()
         .ok_or_else(|| ServiceError::Unwired.into())
+}
+
+/// A call the interceptor refused, passed on so it can be audited.
+#[derive(Clone)]
+pub struct Refused {
+    pub status: Status,
+    /// The key's name when the key was valid (a missing scope).
+    pub key: Option<Arc<str>>,
+}
+
+/// Who made a call, for the record of a refusal: the key's name (or
+/// `unauthenticated`) and the peer's address.
+#[derive(Debug, Clone)]
+pub struct Who {
+    pub actor: String,
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+pub fn who<T>(req: &Request<T>) -> Who {
+    let actor = match (req.extensions().get::<Caller>(), req.extensions().get::<Refused>()) {
+        (Some(c), _) => c.name.to_string(),
+        (None, Some(Refused { key: Some(k), .. })) => k.to_string(),
+        _ => "unauthenticated".to_string(),
+    };
+    Who {
+        actor,
+        peer: req.remote_addr(),
+    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,8 @@ pub struct AppState {
     pub expensive: Pool,
     /// The server's metrics.
     pub metrics: Arc<Metrics>,
+    /// Refused admin and audit calls, on their way to the audit trail.
+    pub refusals: audit::RefusalLog,
 }
 
 pub use crate::lease::LeaderStatus;
@@ -58,6 +60,7 @@ impl AppState {
         expensive: Pool,
     ) -> AppState {
         let metrics = repo.metrics().clone();
+        let refusals = audit::RefusalLog::start(repo.clone(), metrics.audit_refusals_dropped.clone());
         AppState {
             index: OnceLock::new(),
             repo,
@@ -68,6 +71,7 @@ impl AppState {
             shutdown,
             expensive,
             metrics,
+            refusals,
         }
     }
 

@@ -195,7 +195,10 @@ pub async fn run(cmd: AuditCommand) -> Result<ExitCode> {
         AuditCommand::Verify { client, tenant } => {
             let c = connect(&client).await?;
             let v = c
-                .verify_audit_chain(pb::VerifyAuditChainRequest { tenant: tenant.clone() })
+                .verify_audit_chain(pb::VerifyAuditChainRequest {
+                    tenant: tenant.clone(),
+                    refusals: false,
+                })
                 .await?;
             if v.intact {
                 println!("{tenant}: {} events, chain intact", v.checked);

@@ -48,18 +48,48 @@ fn read_link(tx: &mut dyn Transaction, key: &[u8]) -> Result<Option<Link>> {
     }
 }
 
-/// Appends one event per change to its tenant's chain. Reading the head
-/// makes concurrent writes to one tenant conflict, so its chain has one
-/// order; the store retries the loser.
+/// The heads of the chains one transaction appends to, read once each.
+#[derive(Default)]
+struct Heads(HashMap<String, Link>);
+
+impl Heads {
+    /// Appends `event` to `chain` (setting its sequence and predecessor's
+    /// hash). Reading the head makes concurrent writes to one chain
+    /// conflict, so it has one order; the store retries the loser.
+    fn append(&mut self, tx: &mut dyn Transaction, chain: &str, mut event: Event) -> Result<()> {
+        let head = match self.0.remove(chain) {
+            Some(h) => h,
+            None => read_link(tx, &ks::audit_head(chain))?.unwrap_or_else(Link::genesis),
+        };
+        event.seq = head.seq + 1;
+        event.prev_hash = head.hash;
+        let json = serde_json::to_vec(&event).map_err(ServiceError::encoding("audit event"))?;
+        tx.set_versionstamped_value(&ks::audit_event(chain, event.seq), ks::record(&json), 0);
+        self.0.insert(
+            chain.to_string(),
+            Link {
+                seq: event.seq,
+                hash: audit::hash(&json),
+            },
+        );
+        Ok(())
+    }
+
+    fn store(self, tx: &mut dyn Transaction) -> Result<()> {
+        for (chain, head) in self.0 {
+            let json = serde_json::to_vec(&head).map_err(ServiceError::encoding("audit head"))?;
+            tx.set(&ks::audit_head(&chain), &json);
+        }
+        Ok(())
+    }
+}
+
+/// Appends one event per change to its tenant's chain.
 pub(crate) fn append_audit(tx: &mut dyn Transaction, actor: &Actor, logged: &[Logged]) -> Result<()> {
     let time_micros = Timestamp::now().0;
-    let mut heads: HashMap<String, Link> = HashMap::new();
+    let mut heads = Heads::default();
     for l in logged {
         let tenant = l.change.scope().tenant.to_string();
-        let head = match heads.remove(&tenant) {
-            Some(h) => h,
-            None => read_link(tx, &ks::audit_head(&tenant))?.unwrap_or_else(Link::genesis),
-        };
         let (vault, kind, name, after) = audit::describe(&l.change);
         let operation = match (&after, &l.before) {
             (None, _) => Operation::Delete,
@@ -67,7 +97,7 @@ pub(crate) fn append_audit(tx: &mut dyn Transaction, actor: &Actor, logged: &[Lo
             (Some(_), Some(_)) => Operation::Update,
         };
         let event = Event {
-            seq: head.seq + 1,
+            seq: 0,
             time_micros,
             actor: actor.name.clone(),
             on_behalf_of: actor.on_behalf_of.clone(),
@@ -79,29 +109,29 @@ pub(crate) fn append_audit(tx: &mut dyn Transaction, actor: &Actor, logged: &[Lo
             operation,
             before: l.before.clone(),
             after,
-            prev_hash: head.hash,
+            prev_hash: String::new(),
         };
-        let json = serde_json::to_vec(&event).map_err(ServiceError::encoding("audit event"))?;
-        tx.set_versionstamped_value(&ks::audit_event(&tenant, event.seq), ks::record(&json), 0);
-        heads.insert(
-            tenant,
-            Link {
-                seq: event.seq,
-                hash: audit::hash(&json),
-            },
-        );
+        heads.append(tx, &tenant, event)?;
     }
-    for (tenant, head) in heads {
-        let json = serde_json::to_vec(&head).map_err(ServiceError::encoding("audit head"))?;
-        tx.set(&ks::audit_head(&tenant), &json);
-    }
-    Ok(())
+    heads.store(tx)
+}
+
+/// A call refused before it could change anything.
+#[derive(Debug, Clone)]
+pub struct RefusedCall {
+    pub time_micros: i64,
+    pub actor: String,
+    pub peer: Option<String>,
+    pub rpc: String,
+    pub code: String,
+    pub message: String,
 }
 
 /// Which events a listing returns.
 #[derive(Debug, Clone)]
 pub struct AuditQuery {
-    pub tenant: TenantId,
+    /// The tenant (or [`audit::REFUSALS`]) whose chain is read.
+    pub tenant: String,
     pub descendants: bool,
     pub vault: Option<String>,
     pub kind: Option<String>,
@@ -199,13 +229,47 @@ impl Repo {
         Ok(r)
     }
 
-    /// Recomputes a tenant's chain from its floor (where retention left it)
-    /// to its head.
-    pub fn verify_audit(&self, t: &TenantId) -> Result<Verified> {
+    /// Records refused calls in the server-wide chain, one transaction for
+    /// the batch; `dropped` refusals that found the queue full are counted
+    /// on the first.
+    pub fn record_refusals(&self, calls: &[RefusedCall], dropped: u64) -> Result<()> {
+        self.run(|tx| {
+            let mut heads = Heads::default();
+            for (i, c) in calls.iter().enumerate() {
+                let event = Event {
+                    seq: 0,
+                    time_micros: c.time_micros,
+                    actor: c.actor.clone(),
+                    on_behalf_of: None,
+                    rpc: c.rpc.clone(),
+                    tenant: String::new(),
+                    vault: None,
+                    kind: "call".into(),
+                    name: c.rpc.clone(),
+                    operation: Operation::Refused,
+                    before: None,
+                    after: Some(serde_json::json!({
+                        "code": c.code,
+                        "message": c.message,
+                        "peer": c.peer,
+                        "dropped_before": if i == 0 { dropped } else { 0 },
+                    })),
+                    prev_hash: String::new(),
+                };
+                heads.append(tx, audit::REFUSALS, event)?;
+            }
+            heads.store(tx)
+        })?;
+        Ok(())
+    }
+
+    /// Recomputes a chain (a tenant's, or [`audit::REFUSALS`]) from its
+    /// floor (where retention left it) to its head.
+    pub fn verify_audit(&self, t: &str) -> Result<Verified> {
         const CHUNK: usize = 1000;
-        let (floor, _) = self.run(|tx| read_link(tx, &ks::audit_floor(t.as_str())))?;
+        let (floor, _) = self.run(|tx| read_link(tx, &ks::audit_floor(t)))?;
         let mut verifier = Verifier::new(floor.unwrap_or_else(Link::genesis));
-        let (mut begin, end) = tuple::prefix_range(&ks::audit_of_tenant(t.as_str()));
+        let (mut begin, end) = tuple::prefix_range(&ks::audit_of_tenant(t));
         loop {
             // Short transactions (FoundationDB's 5 s limit); events are
             // immutable once written, so chunks see one chain.
@@ -233,7 +297,7 @@ impl Repo {
             begin = rows.last().expect("a full chunk").0.clone();
             begin.push(0);
         }
-        let (head, _) = self.run(|tx| read_link(tx, &ks::audit_head(t.as_str())))?;
+        let (head, _) = self.run(|tx| read_link(tx, &ks::audit_head(t)))?;
         Ok(verifier.finish(head))
     }
 }

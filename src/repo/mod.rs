@@ -33,7 +33,7 @@ use crate::store::{self, RangeOpts, Store, StoreError, Transaction, keyspace as 
 use crate::telemetry::Metrics;
 
 pub(crate) use self::audit::append_audit;
-pub use self::audit::{AuditQuery, Logged};
+pub use self::audit::{AuditQuery, Logged, RefusedCall};
 use crate::audit::Actor;
 pub(crate) use bindings::remove_binding;
 pub use changelog::{FeedEntry, Loaded, append_changelog, key_version, log_floor};

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub index_quarantined: IntGauge,
     pub config_reloads: IntCounterVec,
     pub pool_rejected: IntCounterVec,
+    /// Refused calls counted but not written to the audit trail (queue full).
+    pub audit_refusals_dropped: IntCounter,
     pub checks_offloaded: IntCounter,
     pub tenant_usage: IntGaugeVec,
     pub tenants_over_limit: IntGauge,
@@ -125,6 +127,11 @@ impl Metrics {
             &["pool"],
         )
         .expect("valid metric");
+        let audit_refusals_dropped = IntCounter::new(
+            "portcullis_audit_refusals_dropped_total",
+            "Refused admin and audit calls counted but not written to the audit trail because its queue was full.",
+        )
+        .expect("valid metric");
         let checks_offloaded = IntCounter::new(
             "portcullis_checks_offloaded_total",
             "Checks whose conditions outgrew the inline budget and were re-run on the expensive pool.",
@@ -161,6 +168,7 @@ impl Metrics {
             index_quarantined,
             config_reloads,
             pool_rejected,
+            audit_refusals_dropped,
             checks_offloaded,
             tenant_usage,
             tenants_over_limit,
@@ -182,6 +190,7 @@ impl Metrics {
             Box::new(m.index_quarantined.clone()),
             Box::new(m.config_reloads.clone()),
             Box::new(m.pool_rejected.clone()),
+            Box::new(m.audit_refusals_dropped.clone()),
             Box::new(m.checks_offloaded.clone()),
             Box::new(m.tenant_usage.clone()),
             Box::new(m.tenants_over_limit.clone()),
