@@ -297,6 +297,60 @@ pub fn audit_chain(make: &Make<'_>) {
     assert_eq!(v.first_bad.map(|b| b.0), Some(7), "the edited event");
 }
 
+/// Retention: each tenant's events older than its (inherited) retention go,
+/// the chain's floor moves with them, and verification still holds.
+pub fn audit_retention(make: &Make<'_>) {
+    use crate::audit::Actor;
+    use crate::engine::TenantId;
+    use crate::engine::model::Tenant;
+    let store = make();
+    let repo = crate::repo::Repo::new(store.clone());
+    let admin = Actor::new("admin", "ApplyTenant");
+    let tenant = |id: &str, days: u32| {
+        let mut t = Tenant::new(TenantId::parse(id).unwrap());
+        t.limits.audit_retention_days = days;
+        t
+    };
+    repo.apply_tenant(&admin, tenant("acme", 0), None, None).unwrap();
+    repo.apply_tenant(&admin, tenant("acme/short", 1), None, None).unwrap();
+    // Inherits acme/short's one day.
+    repo.apply_tenant(&admin, tenant("acme/short/kid", 0), None, None)
+        .unwrap();
+    let mut renamed = tenant("acme/short", 1);
+    renamed.display_name = "renamed".into();
+    repo.apply_tenant(&admin, renamed, None, None).unwrap();
+    let m = StoreMetrics::default();
+    let epoch = crate::lease::acquire(
+        &*store,
+        &m,
+        crate::lease::LEASE,
+        "me",
+        std::time::Duration::from_secs(60),
+        1,
+    )
+    .unwrap()
+    .expect("the lease");
+    let day = 86_400_000_000i64;
+    let now = crate::engine::Timestamp::now().0;
+    assert_eq!(repo.purge_audit(epoch, now).unwrap(), 0, "nothing is old yet");
+    // Two days on: the one-day tenants' events go, acme's stay.
+    assert_eq!(repo.purge_audit(epoch, now + 2 * day).unwrap(), 3);
+    for (t, left) in [("acme", 1), ("acme/short", 0), ("acme/short/kid", 0)] {
+        let v = repo.verify_audit(t).unwrap();
+        assert_eq!((v.checked, v.first_bad), (left, None), "{t}");
+    }
+    // The chain goes on from its floor.
+    let mut again = tenant("acme/short", 1);
+    again.display_name = "again".into();
+    repo.apply_tenant(&admin, again, None, None).unwrap();
+    let v = repo.verify_audit("acme/short").unwrap();
+    assert_eq!((v.checked, v.first_bad), (1, None));
+    // Past the default, everything goes; a stale epoch removes nothing.
+    assert!(repo.purge_audit(epoch + 1, now + 500 * day).is_err(), "fenced");
+    assert_eq!(repo.purge_audit(epoch, now + 500 * day).unwrap(), 2);
+    assert_eq!(repo.verify_audit("acme").unwrap().first_bad, None);
+}
+
 pub fn all(make: &Make<'_>) {
     read_write_and_versions(make);
     conflicts(make);
@@ -307,6 +361,7 @@ pub fn all(make: &Make<'_>) {
     leases(make);
     changelog_order_and_resumption(make);
     audit_chain(make);
+    audit_retention(make);
 }
 
 #[test]

@@ -114,10 +114,12 @@ pub enum Job {
     Compact,
     Usage,
     Verify,
+    /// Removes audit events past their tenant's retention.
+    AuditRetention,
 }
 
 impl Job {
-    pub const ALL: [Job; 4] = [Job::Purge, Job::Compact, Job::Usage, Job::Verify];
+    pub const ALL: [Job; 5] = [Job::Purge, Job::Compact, Job::Usage, Job::Verify, Job::AuditRetention];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -125,6 +127,7 @@ impl Job {
             Job::Compact => "compact",
             Job::Usage => "usage",
             Job::Verify => "verify",
+            Job::AuditRetention => "audit_retention",
         }
     }
 
@@ -134,6 +137,8 @@ impl Job {
             Job::Compact => o.compact_interval,
             Job::Usage => o.usage_interval,
             Job::Verify => o.verify_interval,
+            // Retention is counted in days: the compaction's pace is plenty.
+            Job::AuditRetention => o.compact_interval,
         }
     }
 }
@@ -304,6 +309,12 @@ async fn run_jobs(
                 Job::Verify => verify(&repo, &index, &metrics, opts.verify_sample)
                     .await
                     .map(|n| format!("{n} divergent vaults")),
+                Job::AuditRetention => {
+                    let now = crate::engine::Timestamp::now().0;
+                    repo.call(move |r| r.purge_audit(epoch, now))
+                        .await
+                        .map(|n| format!("{n} audit events past retention removed"))
+                }
             };
             metrics
                 .job_seconds

@@ -396,6 +396,19 @@ async fn hostile_on_behalf_of_and_queries_are_refused() {
         assert!(e.message().contains("x-portcullis-on-behalf-of"), "{}", e.message());
     }
     assert!(trail(&root, "acme").await.is_empty(), "nothing was written");
+    let mut forever = tenant("acme");
+    forever.limits = Some(pb::Limits {
+        audit_retention_days: 40_000,
+        ..Default::default()
+    });
+    let e = root.apply_tenant(apply_tenant(forever)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.violations()
+            .iter()
+            .any(|v| v.field == "tenant.limits.audit_retention_days"),
+        "{e:?}"
+    );
     for (q, field) in [
         (list("ACME", false), "tenant"),
         (

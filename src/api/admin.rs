@@ -81,6 +81,20 @@ fn vault_ref(tenant: &str, field: &str, name: &str) -> Result<(TenantId, crate::
     }
 }
 
+/// The repository's violations of an object, named by their path in the
+/// request (`limits.max_vaults` is the request's `tenant.limits.max_vaults`).
+fn under(object: &'static str) -> impl Fn(ServiceError) -> Status {
+    move |e| match e {
+        ServiceError::Invalid(mut v) => {
+            for f in &mut v.0 {
+                f.field = format!("{object}.{}", f.field);
+            }
+            Status::from(ServiceError::Invalid(v))
+        }
+        other => Status::from(other),
+    }
+}
+
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     async fn apply_tenant(&self, request: Request<pb::ApplyTenantRequest>) -> Res<pb::ApplyTenantResponse> {
@@ -99,7 +113,8 @@ impl AdminService for AdminApi {
                 .state
                 .repo
                 .call(move |repo| repo.apply_tenant(&actor, t, expected, conf.as_ref()))
-                .await?;
+                .await
+                .map_err(under("tenant"))?;
             self.after_write(a.revision).await;
             Ok(Response::new(pb::ApplyTenantResponse {
                 tenant: Some(tenant_to(&a.object, a.revision, None)),
@@ -203,7 +218,8 @@ impl AdminService for AdminApi {
                 .state
                 .repo
                 .call(move |repo| repo.apply_vault(&actor, v, expected))
-                .await?;
+                .await
+                .map_err(under("vault"))?;
             self.after_write(a.revision).await;
             Ok(Response::new(pb::ApplyVaultResponse {
                 vault: Some(vault_to(&a.object, a.revision)),
@@ -288,15 +304,7 @@ impl AdminService for AdminApi {
                 .repo
                 .call(move |repo| repo.apply_role(&actor, role, expected))
                 .await
-                .map_err(|e| match e {
-                    ServiceError::Invalid(mut v) => {
-                        for f in &mut v.0 {
-                            f.field = format!("role.{}", f.field);
-                        }
-                        Status::from(ServiceError::Invalid(v))
-                    }
-                    other => Status::from(other),
-                })?;
+                .map_err(under("role"))?;
             self.after_write(a.revision).await;
             Ok(Response::new(pb::ApplyRoleResponse {
                 role: Some(role_to(&a.object, a.revision)),

@@ -97,6 +97,7 @@ pub fn tenant_from(p: &pb::Tenant, prefix: &str) -> Conv<Tenant> {
         max_tenants: l.max_tenants,
         max_checks_per_second: l.max_checks_per_second,
         max_writes_per_second: l.max_writes_per_second,
+        audit_retention_days: l.audit_retention_days,
     });
     match id {
         Some(id) if v.is_empty() => Ok(Tenant {
@@ -125,6 +126,7 @@ pub fn tenant_to(t: &Tenant, revision: u64, usage: Option<Usage>) -> pb::Tenant 
             max_tenants: t.limits.max_tenants,
             max_checks_per_second: t.limits.max_checks_per_second,
             max_writes_per_second: t.limits.max_writes_per_second,
+            audit_retention_days: t.limits.audit_retention_days,
         }),
         labels: t.labels.clone().into_iter().collect(),
         revision: if revision > 0 { token(revision) } else { String::new() },

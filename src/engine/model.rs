@@ -117,7 +117,16 @@ pub struct Limits {
     pub max_checks_per_second: u32,
     /// Admin writes per second, shared by the subtree, per replica.
     pub max_writes_per_second: u32,
+    /// Days the tenant's audit events are kept; 0 inherits the nearest
+    /// ancestor's (400 when none sets it). Not a bound on what the tenant
+    /// holds, so not among [`Limits::fields`].
+    pub audit_retention_days: u32,
 }
+
+/// Audit events are kept this long when no tenant of the lineage says.
+pub const DEFAULT_AUDIT_RETENTION_DAYS: u32 = 400;
+/// At most a century.
+pub const MAX_AUDIT_RETENTION_DAYS: u32 = 36_500;
 
 impl Limits {
     /// The limits as (field name, value), for comparisons and messages.

@@ -67,6 +67,12 @@ pub fn statements(v: &mut Violations, field: &str, list: &[Statement]) {
 pub fn tenant(t: &Tenant) -> Result<(), Violations> {
     let mut v = Violations::new();
     v.check("display_name", check_text(&t.display_name, MAX_DISPLAY_NAME));
+    if t.limits.audit_retention_days > super::model::MAX_AUDIT_RETENTION_DAYS {
+        v.push(
+            "limits.audit_retention_days",
+            format!("at most {} days", super::model::MAX_AUDIT_RETENTION_DAYS),
+        );
+    }
     labels(&mut v, "labels", &t.labels);
     v.into_result()
 }

@@ -68,6 +68,9 @@ pub struct LimitsSpec {
     /// Admin writes per second in the tenant and its descendants, per replica; 0 means unlimited.
     #[serde(default)]
     pub max_writes_per_second: u32,
+    /// Days the tenant's audit events are kept (at most 36500); 0 inherits the nearest ancestor's, 400 when none sets it.
+    #[serde(default)]
+    pub audit_retention_days: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -323,6 +326,7 @@ pub fn tenant_of(name: &str, spec: &TenantSpec, labels: &Labels) -> Result<Tenan
             max_tenants: spec.limits.max_tenants,
             max_checks_per_second: spec.limits.max_checks_per_second,
             max_writes_per_second: spec.limits.max_writes_per_second,
+            audit_retention_days: spec.limits.audit_retention_days,
         },
         labels: labels.clone(),
     })

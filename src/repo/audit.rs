@@ -300,4 +300,74 @@ impl Repo {
         let (head, _) = self.run(|tx| read_link(tx, &ks::audit_head(t)))?;
         Ok(verifier.finish(head))
     }
+
+    /// The days `chain`'s events are kept: the tenant's own setting, else
+    /// its nearest ancestor's, else the default (a deleted tenant's events
+    /// are kept by its ancestors' setting).
+    fn audit_retention_days(&self, tx: &mut dyn Transaction, chain: &str) -> Result<u32> {
+        if let Ok(t) = TenantId::parse(chain) {
+            for a in t.lineage().iter().rev() {
+                if let Some((tenant, _)) = read::<Tenant>(tx, &ks::tenant(a.as_str()))?
+                    && tenant.limits.audit_retention_days > 0
+                {
+                    return Ok(tenant.limits.audit_retention_days);
+                }
+            }
+        }
+        Ok(DEFAULT_AUDIT_RETENTION_DAYS)
+    }
+
+    /// The leader's retention of the audit trail: removes every chain's
+    /// events older than its retention (at `now_micros`), oldest first, and
+    /// moves the chain's floor to the last removed one, so verification
+    /// still starts from a known hash. Returns how many were removed.
+    pub fn purge_audit(&self, epoch: u64, now_micros: i64) -> Result<u64> {
+        const CHUNK: usize = 500;
+        let (chains, _) = self.run(|tx| {
+            let rows = range_prefix(tx, &ks::audit_heads(), RangeOpts::default())?;
+            Ok(rows
+                .iter()
+                .filter_map(|(k, _)| ks::audit_head_chain(k))
+                .collect::<Vec<_>>())
+        })?;
+        let mut total = 0;
+        for chain in chains {
+            loop {
+                let (removed, _) = self.run(|tx| {
+                    crate::lease::fence(tx, crate::lease::LEASE, epoch)?;
+                    let days = self.audit_retention_days(tx, &chain)?;
+                    let cutoff = now_micros.saturating_sub(i64::from(days) * 86_400_000_000);
+                    let rows = range_prefix(tx, &ks::audit_of_tenant(&chain), RangeOpts::limit(CHUNK))?;
+                    let mut floor = None;
+                    let mut removed = 0usize;
+                    for (k, v) in &rows {
+                        let Some((_, json)) = ks::split_record(v) else { break };
+                        // An event that does not decode stays, for verification to report.
+                        let Ok(e) = serde_json::from_slice::<Event>(json) else {
+                            break;
+                        };
+                        if e.time_micros >= cutoff {
+                            break;
+                        }
+                        tx.clear(k);
+                        floor = Some(Link {
+                            seq: e.seq,
+                            hash: audit::hash(json),
+                        });
+                        removed += 1;
+                    }
+                    if let Some(f) = floor {
+                        let json = serde_json::to_vec(&f).map_err(ServiceError::encoding("audit floor"))?;
+                        tx.set(&ks::audit_floor(&chain), &json);
+                    }
+                    Ok((removed, rows.len()))
+                })?;
+                total += removed.0 as u64;
+                if removed.0 < CHUNK {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
 }

@@ -243,6 +243,17 @@ pub fn audit_key_of(key: &[u8]) -> Option<(String, u64)> {
 pub fn audit_head(t: &str) -> Vec<u8> {
     root().str("sys").str("audit_head").str(t).into_vec()
 }
+/// Prefix of every chain's head.
+pub fn audit_heads() -> Vec<u8> {
+    root().str("sys").str("audit_head").into_vec()
+}
+/// The chain named by a head's key.
+pub fn audit_head_chain(key: &[u8]) -> Option<String> {
+    match super::tuple::decode(key)?.last() {
+        Some(super::tuple::Elem::Str(t)) => Some(t.to_string()),
+        _ => None,
+    }
+}
 pub fn audit_floor(t: &str) -> Vec<u8> {
     root().str("sys").str("audit_floor").str(t).into_vec()
 }
