@@ -227,7 +227,7 @@ pub fn changelog_order_and_resumption(make: &Make<'_>) {
     assert!(next.iter().any(|e| e.version == revisions[2]), "resumes without a gap");
     let (log, _) = repo.read_log(&TenantId::parse("t3").unwrap(), None, 0, 0).unwrap();
     assert_eq!(
-        log.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        log.iter().map(|e| e.version).collect::<Vec<_>>(),
         [revisions[3]],
         "per-scope log"
     );

@@ -181,7 +181,7 @@ pub async fn verify_vault(repo: &Arc<Repo>, index: &Arc<LiveIndex>, t: &TenantId
                 // The comparison holds only if the vault did not change between
                 // the index's revision and the store's read.
                 let (later, _) = r.read_log(&tt, Some(&vv), at, 1)?;
-                let changed = later.iter().any(|(ver, _)| *ver <= read_at);
+                let changed = later.iter().any(|e| e.version <= read_at);
                 Ok(Some((export, changed)))
             })
             .await?;

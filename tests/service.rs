@@ -763,6 +763,11 @@ async fn watch_streams_changes_after_a_revision() {
         .unwrap();
     assert_eq!(msg.revision, first.written_at);
     assert!(matches!(msg.changes[0].change, Some(pb::change::Change::PutBinding(ref b)) if b.id == "b1"));
+    // Each commit says who made it, as the audit trail does.
+    assert_eq!(
+        (msg.actor.as_str(), msg.rpc.as_str(), msg.on_behalf_of.as_str()),
+        ("anonymous", "WriteBindings", "")
+    );
     // A later write arrives live.
     let second = a
         .write_bindings(write_b(vec![], vec!["b1"]))

@@ -136,7 +136,7 @@ impl Client {
         Ok(Client::new(
             self.channel.clone(),
             self.bearer.on_behalf_of(who)?,
-            self.retry.clone(),
+            self.retry,
         ))
     }
 

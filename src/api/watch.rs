@@ -154,7 +154,8 @@ fn release_freed_memory(open: Arc<Mutex<Open>>) {
 }
 
 /// One commit's changes as messages of bounded size.
-fn messages(revision: u64, changes: &[crate::engine::model::Change]) -> Vec<pb::WatchResponse> {
+fn messages(entry: &crate::repo::LogEntry) -> Vec<pb::WatchResponse> {
+    let (revision, changes) = (entry.version, &entry.changes);
     let mut out = Vec::new();
     let mut cur: Vec<pb::Change> = Vec::new();
     let mut bytes = 0;
@@ -176,6 +177,13 @@ fn messages(revision: u64, changes: &[crate::engine::model::Change]) -> Vec<pb::
             revision: token(revision),
             changes,
             more: i < last,
+            actor: entry.by.as_ref().map(|a| a.name.clone()).unwrap_or_default(),
+            on_behalf_of: entry
+                .by
+                .as_ref()
+                .and_then(|a| a.on_behalf_of.clone())
+                .unwrap_or_default(),
+            rpc: entry.by.as_ref().map(|a| a.rpc.clone()).unwrap_or_default(),
         })
         .collect()
 }
@@ -225,8 +233,9 @@ impl WatchService for WatchApi {
                 let mut batch = first;
                 let mut upto = upto;
                 loop {
-                    for (ver, changes) in std::mem::take(&mut batch) {
-                        for msg in messages(ver, &changes) {
+                    for entry in std::mem::take(&mut batch) {
+                        let ver = entry.version;
+                        for msg in messages(&entry) {
                             match tokio::time::timeout(send_timeout, tx.send(Ok(msg))).await {
                                 Ok(Ok(())) => {}
                                 Ok(Err(_)) => return,

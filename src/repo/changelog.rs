@@ -4,6 +4,38 @@
 
 use super::*;
 
+/// A per-scope changelog entry as stored: who made the commit and its
+/// changes in the scope.
+#[derive(serde::Serialize)]
+struct LogRecord<'a> {
+    by: &'a Actor,
+    changes: Vec<&'a Change>,
+}
+
+/// What a stored entry may be: the current form, or the bare list of
+/// changes written before entries named their actor.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum StoredLog {
+    WithActor { by: Actor, changes: Vec<Change> },
+    Bare(Vec<Change>),
+}
+
+fn log_entry(key: &[u8], version: u64, value: &[u8]) -> Result<LogEntry> {
+    Ok(match serde_json::from_slice(value).map_err(|e| corrupt(key, e))? {
+        StoredLog::WithActor { by, changes } => LogEntry {
+            version,
+            by: Some(by),
+            changes,
+        },
+        StoredLog::Bare(changes) => LogEntry {
+            version,
+            by: None,
+            changes,
+        },
+    })
+}
+
 /// Appends the changes to the per-vault changelogs and the feed, and
 /// their events to the audit trail, all in the write's transaction: there
 /// is no change without its event and no event without its change.
@@ -19,7 +51,8 @@ pub fn append_changelog(tx: &mut dyn Transaction, actor: &Actor, logged: &[Logge
     }
     for (scope, cs) in by_scope {
         let (key, off) = ks::log_entry(scope.tenant.as_str(), vs(scope.vault.as_ref()));
-        let json = serde_json::to_vec(&cs).map_err(ServiceError::encoding("changelog entry"))?;
+        let json = serde_json::to_vec(&LogRecord { by: actor, changes: cs })
+            .map_err(ServiceError::encoding("changelog entry"))?;
         tx.set_versionstamped_key(key, off, &json);
     }
     let (key, off) = ks::feed_entry();
@@ -165,7 +198,7 @@ impl Repo {
                     floor: token(floor),
                 });
             }
-            let mut out: Vec<(u64, Vec<Change>)> = Vec::new();
+            let mut out: Vec<LogEntry> = Vec::new();
             if v.is_none() {
                 // The whole tenant: its own log and every vault's (deleted
                 // vaults included), merged by version.
@@ -181,21 +214,21 @@ impl Repo {
                 )? {
                     let ver = key_version(&k)?;
                     if ver > after {
-                        let cs: Vec<Change> = serde_json::from_slice(&val).map_err(|e| corrupt(&k, e))?;
-                        out.push((ver, cs));
+                        out.push(log_entry(&k, ver, &val)?);
                     }
                 }
-                out.sort_by_key(|(ver, _)| *ver);
-                let mut merged: Vec<(u64, Vec<Change>)> = Vec::new();
-                for (ver, cs) in out {
+                out.sort_by_key(|e| e.version);
+                // One commit's entries in several scopes: one entry, one actor.
+                let mut merged: Vec<LogEntry> = Vec::new();
+                for e in out {
                     match merged.last_mut() {
-                        Some((lv, lcs)) if *lv == ver => lcs.extend(cs),
-                        _ => merged.push((ver, cs)),
+                        Some(last) if last.version == e.version => last.changes.extend(e.changes),
+                        _ => merged.push(e),
                     }
                 }
                 if limit > 0 && merged.len() > limit {
                     merged.truncate(limit);
-                    let upto = merged.last().map(|x| x.0).unwrap_or(after);
+                    let upto = merged.last().map(|x| x.version).unwrap_or(after);
                     return Ok((merged, upto));
                 }
                 return Ok((merged, read_at));
@@ -211,14 +244,13 @@ impl Repo {
                     reverse: false,
                 },
             )? {
-                let cs: Vec<Change> = serde_json::from_slice(&val).map_err(|e| corrupt(&k, e))?;
-                out.push((key_version(&k)?, cs));
+                out.push(log_entry(&k, key_version(&k)?, &val)?);
             }
             // A full page may stop inside a version (several commits of one
             // FoundationDB batch share it): resume at that version, re-applying
             // what was already applied (changes are idempotent).
             let upto = if limit > 0 && out.len() == limit {
-                out.last().map(|x| x.0).unwrap_or(after)
+                out.last().map(|x| x.version).unwrap_or(after)
             } else {
                 read_at
             };

@@ -56,8 +56,14 @@ pub const IMPORT_CHUNK: usize = 500;
 pub const MAX_PAGE: usize = 1000;
 pub const DEFAULT_PAGE: usize = 100;
 
-/// One commit's changes, at its revision.
-pub type LogEntry = (u64, Vec<Change>);
+/// One commit's changes in one scope's changelog, at its revision, and
+/// who made them (absent in entries written before the audit trail).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    pub version: u64,
+    pub by: Option<Actor>,
+    pub changes: Vec<Change>,
+}
 
 /// An opaque revision token: `v1.` and the revision in hex.
 pub fn token(revision: u64) -> String {
