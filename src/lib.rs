@@ -30,6 +30,7 @@ pub mod audit;
 pub mod cli;
 #[cfg(test)]
 mod conformance;
+pub mod decisions;
 pub mod diff;
 pub mod engine;
 pub mod error;

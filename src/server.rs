@@ -62,6 +62,7 @@ pub struct ServeOptions {
     /// conditions) running at once, and waiting, before load is shed.
     pub expensive_concurrency: usize,
     pub expensive_queue: usize,
+    pub decision_log: crate::decisions::DecisionLogOptions,
 }
 
 impl ServeOptions {
@@ -83,6 +84,7 @@ impl ServeOptions {
             watch: Default::default(),
             expensive_concurrency: 1,
             expensive_queue: 64,
+            decision_log: Default::default(),
         }
     }
 }
@@ -95,6 +97,8 @@ pub enum StartError {
     Unauthenticated(SocketAddr),
     #[error(transparent)]
     Keys(#[from] KeysError),
+    #[error(transparent)]
+    DecisionLog(#[from] crate::decisions::OpenError),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
     #[error("cannot prepare the store: {0}")]
@@ -256,6 +260,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
             opts.expensive_queue,
             metrics.pool_rejected.with_label_values(&["expensive"]),
         ),
+        crate::decisions::DecisionLog::start(&opts.decision_log, metrics.decision_log_dropped.clone())?,
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -46,6 +46,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Refused admin and audit calls, on their way to the audit trail.
     pub refusals: audit::RefusalLog,
+    pub decisions: crate::decisions::DecisionLog,
 }
 
 pub use crate::lease::LeaderStatus;
@@ -58,6 +59,7 @@ impl AppState {
         leader: Arc<LeaderStatus>,
         shutdown: tokio::sync::watch::Receiver<bool>,
         expensive: Pool,
+        decisions: crate::decisions::DecisionLog,
     ) -> AppState {
         let metrics = repo.metrics().clone();
         let refusals = audit::RefusalLog::start(repo.clone(), metrics.audit_refusals_dropped.clone());
@@ -72,6 +74,7 @@ impl AppState {
             expensive,
             metrics,
             refusals,
+            decisions,
         }
     }
 

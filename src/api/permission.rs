@@ -26,6 +26,51 @@ pub struct PermissionApi {
     pub state: Arc<AppState>,
 }
 
+/// What a decision log entry needs from the request before it is consumed.
+struct Asked {
+    request_id: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    started: std::time::Instant,
+}
+
+impl Asked {
+    fn of<T>(r: &Request<T>) -> Asked {
+        Asked {
+            request_id: r.metadata().get("x-request-id").cloned(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// The caller's `x-request-id` when it is a sane one, else a new id.
+    fn request_id(&self) -> String {
+        self.request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty() && s.len() <= 128)
+            .map(str::to_string)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    }
+}
+
+/// A logged check's deciders: the statements that counted.
+fn deciders(e: &Explanation) -> Vec<crate::decisions::Decider> {
+    e.entries
+        .iter()
+        .filter(|x| x.counted)
+        .map(|x| crate::decisions::Decider {
+            binding: x.binding_id.clone(),
+            binding_scope: x.binding_scope.to_string(),
+            principal: x.principal.clone(),
+            role: x.role.as_ref().map(role_key),
+            statement: x.index,
+            sid: x.sid.clone(),
+            effect: match x.effect {
+                crate::engine::model::Effect::Allow => "ALLOW",
+                crate::engine::model::Effect::Deny => "DENY",
+            },
+        })
+        .collect()
+}
+
 fn role_key(k: &RoleKey) -> String {
     k.to_string()
 }
@@ -131,6 +176,62 @@ impl PermissionApi {
     }
 }
 
+fn full_ctx(r: &pb::CheckPermissionRequest) -> Result<RequestContext, Status> {
+    Ok(context_of("context", &r.context)?.with_budget(CHECK_BUDGET))
+}
+
+impl PermissionApi {
+    /// Hands a sampled check to the decision log. A check that did not ask
+    /// for an explanation is explained again here, so the entry names what
+    /// decided; only sampled checks pay for it.
+    #[allow(clippy::too_many_arguments)]
+    fn log_decision(
+        &self,
+        asked: &Asked,
+        caller: &str,
+        r: &pb::CheckPermissionRequest,
+        ctx: &RequestContext,
+        res: &CheckResult,
+        index: &crate::index::LiveIndex,
+        now: Timestamp,
+        at: u64,
+    ) {
+        let explained;
+        let explanation = match &res.explanation {
+            Some(e) => Some(e),
+            None => {
+                let again = ctx.clone().with_budget(CHECK_BUDGET);
+                let item = CheckItem {
+                    subject: &r.subject,
+                    action: &r.action,
+                    resource: &r.resource,
+                    context: &again,
+                };
+                explained = index.engine().check(&r.tenant, &r.vault, &item, now, true).ok();
+                explained.as_ref().and_then(|x| x.explanation.as_ref())
+            }
+        };
+        let log = &self.state.decisions;
+        self.state.decisions.log(crate::decisions::Entry {
+            time: Timestamp::now().to_rfc3339(),
+            request_id: asked.request_id(),
+            caller: caller.to_string(),
+            tenant: r.tenant.clone(),
+            vault: r.vault.clone(),
+            subject: r.subject.clone(),
+            action: r.action.clone(),
+            resource: r.resource.clone(),
+            decision: if res.allowed { "ALLOWED" } else { "DENIED" },
+            reason: res.reason.as_str(),
+            revision: token(at),
+            deciding: explanation.map(deciders).unwrap_or_default(),
+            latency_us: asked.started.elapsed().as_micros() as u64,
+            context_keys: ctx.json().keys().cloned().collect(),
+            context: log.context_values.then(|| ctx.json().clone()),
+        });
+    }
+}
+
 #[tonic::async_trait]
 impl PermissionService for PermissionApi {
     async fn check_permission(
@@ -141,6 +242,7 @@ impl PermissionService for PermissionApi {
             .observed(SVC, "CheckPermission", async {
                 let caller = auth::caller(&request)?;
                 caller.require_all(&request.get_ref().tenant_fields())?;
+                let asked = Asked::of(&request);
                 let r = request.into_inner();
                 let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
                 rate(index, &r.tenant, Kind::Checks, 1)?;
@@ -154,6 +256,9 @@ impl PermissionService for PermissionApi {
                 };
                 let res = index.engine().check(&r.tenant, &r.vault, &item, now, r.explain)?;
                 if !ctx.budget().exhausted() {
+                    if self.state.decisions.wants(res.allowed) {
+                        self.log_decision(&asked, &caller.name, &r, &ctx, &res, index, now, at);
+                    }
                     return Ok(Response::new(check_response(&self.state.metrics, &res, at)));
                 }
                 // Its conditions need more than the inline budget: again, on the
@@ -170,9 +275,17 @@ impl PermissionService for PermissionApi {
                             resource: &r.resource,
                             context: &full,
                         };
-                        index.engine().check(&r.tenant, &r.vault, &item, now, r.explain)
+                        index
+                            .engine()
+                            .check(&r.tenant, &r.vault, &item, now, r.explain)
+                            .map(|res| (res, r))
                     })
                     .await??;
+                let (res, r) = res;
+                if self.state.decisions.wants(res.allowed) {
+                    let index = self.state.index()?;
+                    self.log_decision(&asked, &caller.name, &r, &full_ctx(&r)?, &res, index, now, at);
+                }
                 Ok(Response::new(check_response(&self.state.metrics, &res, at)))
             })
             .await

@@ -154,6 +154,35 @@ pub struct ServeArgs {
     pub expensive_queue: usize,
     #[command(flatten)]
     pub jobs: crate::jobs::JobArgs,
+    /// Decision logs: `off`, `stdout`, or a file path (one JSON line per logged check).
+    #[arg(long, env = "PORTCULLIS_DECISION_LOG", default_value = "off")]
+    pub decision_log: crate::decisions::Sink,
+    /// Share of allowed decisions logged, 0 to 1.
+    #[arg(long, env = "PORTCULLIS_DECISION_LOG_SAMPLE_ALLOWED", default_value_t = 0.01)]
+    pub decision_log_sample_allowed: f64,
+    /// Share of denied decisions logged, 0 to 1.
+    #[arg(long, env = "PORTCULLIS_DECISION_LOG_SAMPLE_DENIED", default_value_t = 1.0)]
+    pub decision_log_sample_denied: f64,
+    /// `keys` logs the context's keys only; `values` its values too.
+    #[arg(long, env = "PORTCULLIS_DECISION_LOG_CONTEXT", value_enum, default_value = "keys")]
+    pub decision_log_context: ContextLogging,
+    /// Rotate the decision log file before it passes this many bytes (the old one becomes FILE.1).
+    #[arg(long, env = "PORTCULLIS_DECISION_LOG_MAX_BYTES", default_value_t = 100 << 20)]
+    pub decision_log_max_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ContextLogging {
+    Keys,
+    Values,
+}
+
+fn share(flag: &str, v: f64) -> Result<f64> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        bail!("{flag} must be between 0 and 1, got {v}")
+    }
 }
 
 impl ServeArgs {
@@ -199,6 +228,14 @@ impl ServeArgs {
                 .expensive_concurrency
                 .unwrap_or_else(|| (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) / 2).max(1)),
             expensive_queue: self.expensive_queue,
+            decision_log: crate::decisions::DecisionLogOptions {
+                sink: self.decision_log.clone(),
+                sample_allowed: share("--decision-log-sample-allowed", self.decision_log_sample_allowed)?,
+                sample_denied: share("--decision-log-sample-denied", self.decision_log_sample_denied)?,
+                context_values: self.decision_log_context == ContextLogging::Values,
+                max_bytes: self.decision_log_max_bytes,
+                ..Default::default()
+            },
         })
     }
 }

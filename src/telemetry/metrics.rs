@@ -35,6 +35,8 @@ pub struct Metrics {
     pub pool_rejected: IntCounterVec,
     /// Refused calls counted but not written to the audit trail (queue full).
     pub audit_refusals_dropped: IntCounter,
+    /// Decision log entries dropped because the writer's queue was full.
+    pub decision_log_dropped: IntCounter,
     pub checks_offloaded: IntCounter,
     pub tenant_usage: IntGaugeVec,
     pub tenants_over_limit: IntGauge,
@@ -132,6 +134,11 @@ impl Metrics {
             "Refused admin and audit calls counted but not written to the audit trail because its queue was full.",
         )
         .expect("valid metric");
+        let decision_log_dropped = IntCounter::new(
+            "portcullis_decision_log_dropped_total",
+            "Decision log entries dropped because the writer's queue was full.",
+        )
+        .expect("valid metric");
         let checks_offloaded = IntCounter::new(
             "portcullis_checks_offloaded_total",
             "Checks whose conditions outgrew the inline budget and were re-run on the expensive pool.",
@@ -169,6 +176,7 @@ impl Metrics {
             config_reloads,
             pool_rejected,
             audit_refusals_dropped,
+            decision_log_dropped,
             checks_offloaded,
             tenant_usage,
             tenants_over_limit,
@@ -191,6 +199,7 @@ impl Metrics {
             Box::new(m.config_reloads.clone()),
             Box::new(m.pool_rejected.clone()),
             Box::new(m.audit_refusals_dropped.clone()),
+            Box::new(m.decision_log_dropped.clone()),
             Box::new(m.checks_offloaded.clone()),
             Box::new(m.tenant_usage.clone()),
             Box::new(m.tenants_over_limit.clone()),
