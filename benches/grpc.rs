@@ -213,6 +213,11 @@ fn main() {
             "{:<14} {:>12} {:>11} {:>11}   {:>12} {:>11} {:>11}   {:>6}",
             "concurrency", "check/s", "check p50", "check p99", "echo/s", "echo p50", "echo p99", "ratio"
         );
+        if args.iter().any(|a| a == "--decision-logs") {
+            decision_logs(&ds, &queries, seconds, &channels).await;
+            srv.shutdown().await;
+            return;
+        }
         let flood_only = args.iter().any(|a| a == "--flood-only");
         for c in [1usize, 16, 64].into_iter().filter(|_| !flood_only) {
             let (chs, qs) = (channels.clone(), queries.clone());
@@ -317,4 +322,77 @@ fn main() {
         );
         srv.shutdown().await;
     });
+}
+
+/// CheckPermission at concurrency 16 with decision logs off (the server
+/// above) and with every decision logged to a file (a second server with
+/// the same data), alternating three times each so drift hits both.
+async fn decision_logs(
+    ds: &Arc<Dataset>,
+    queries: &Arc<Vec<pb::CheckPermissionRequest>>,
+    seconds: u64,
+    off: &[Channel],
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("decisions.log");
+    let logged = portcullis::server::start(ServeOptions {
+        metrics_listen: None,
+        decision_log: portcullis::decisions::DecisionLogOptions {
+            sink: portcullis::decisions::Sink::File(path.clone()),
+            sample_allowed: 1.0,
+            sample_denied: 1.0,
+            max_bytes: u64::MAX,
+            ..Default::default()
+        },
+        ..ServeOptions::for_tests()
+    })
+    .await
+    .expect("server");
+    logged.ready().await;
+    let repo = logged.state.repo.clone();
+    let d2 = ds.clone();
+    tokio::task::spawn_blocking(move || load(&repo, &d2))
+        .await
+        .expect("load");
+    let index = logged.state.index().expect("index").clone();
+    let rev = logged.state.repo.current_version().expect("version");
+    index.wait_for(rev, Duration::from_secs(120)).await.expect("caught up");
+    let mut on: Vec<Channel> = Vec::new();
+    for _ in 0..4 {
+        on.push(
+            tonic::transport::Endpoint::from_shared(format!("http://{}", logged.addr))
+                .expect("endpoint")
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .expect("connect"),
+        );
+    }
+    let run = |chs: Vec<Channel>| {
+        let qs = queries.clone();
+        measure(16, seconds, move |i| {
+            let mut client = PermissionServiceClient::new(chs[i % chs.len()].clone());
+            let req = qs[i % qs.len()].clone();
+            async move {
+                client.check_permission(req).await.expect("check");
+            }
+        })
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        a.push(run(off.to_vec()).await.rps);
+        b.push(run(on.clone()).await.rps);
+    }
+    a.sort_by(f64::total_cmp);
+    b.sort_by(f64::total_cmp);
+    let lines = std::fs::read_to_string(&path).map(|t| t.lines().count()).unwrap_or(0);
+    println!(
+        "\ndecision logs, concurrency 16, median of 3 runs of {seconds}s each: off {:.0} checks/s, every decision logged to a file {:.0} checks/s ({:.0}% of off); {} lines written, {} dropped",
+        a[1],
+        b[1],
+        b[1] * 100.0 / a[1],
+        lines,
+        logged.state.metrics.decision_log_dropped.get()
+    );
+    logged.shutdown().await;
 }

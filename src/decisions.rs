@@ -143,7 +143,9 @@ impl DecisionLog {
         let mut out: Box<dyn Write + Send> = match &opts.sink {
             Sink::Off => return Ok(DecisionLog::off(dropped)),
             Sink::Stdout => Box::new(std::io::stdout()),
-            Sink::File(p) => Box::new(open(p)?),
+            // Buffered: under load the queue is rarely empty, so lines go
+            // out in blocks rather than one write each.
+            Sink::File(p) => Box::new(std::io::BufWriter::with_capacity(64 << 10, open(p)?)),
         };
         let file = match &opts.sink {
             Sink::File(p) => Some(p.clone()),
@@ -161,7 +163,8 @@ impl DecisionLog {
                     e = rx.recv() => match e { Some(e) => e, None => return },
                     Some(()) = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                         if let Some(p) = &file && let Ok(f) = open(p) {
-                            out = Box::new(f);
+                            let _ = out.flush();
+                            out = Box::new(std::io::BufWriter::with_capacity(64 << 10, f));
                             size = std::fs::metadata(p).map_or(0, |m| m.len());
                         }
                         continue;
@@ -179,7 +182,7 @@ impl DecisionLog {
                     if std::fs::rename(p, &rotated).is_ok()
                         && let Ok(f) = open(p)
                     {
-                        out = Box::new(f);
+                        out = Box::new(std::io::BufWriter::with_capacity(64 << 10, f));
                         size = 0;
                     }
                 }
@@ -201,17 +204,34 @@ impl DecisionLog {
         })
     }
 
-    /// Whether a decision is logged: off, or sampled at its share.
-    pub fn wants(&self, allowed: bool) -> bool {
-        if self.tx.is_none() {
-            return false;
-        }
+    /// Rolled once per check, before it runs: `None` when it cannot be
+    /// logged whatever it decides (the log is off, or the roll is above
+    /// both shares), so only a check that may be logged is explained.
+    pub fn roll(&self) -> Option<f64> {
+        self.tx.as_ref()?;
+        let top = self.sample_allowed.max(self.sample_denied);
+        // Both shares whole: no random number needed.
+        let r = if self.sample_allowed.min(self.sample_denied) >= 1.0 {
+            0.0
+        } else {
+            rand::random::<f64>()
+        };
+        (r < top).then_some(r)
+    }
+
+    /// Whether a check with this roll is logged, now its decision is known.
+    pub fn keeps(&self, roll: f64, allowed: bool) -> bool {
         let share = if allowed {
             self.sample_allowed
         } else {
             self.sample_denied
         };
-        share >= 1.0 || (share > 0.0 && rand::random::<f64>() < share)
+        roll < share
+    }
+
+    /// Whether a decision is logged: off, or sampled at its share.
+    pub fn wants(&self, allowed: bool) -> bool {
+        self.roll().is_some_and(|r| self.keeps(r, allowed))
     }
 
     /// Queues an entry; a full queue drops it and counts the drop.

@@ -254,10 +254,19 @@ impl PermissionService for PermissionApi {
                     resource: &r.resource,
                     context: &ctx,
                 };
-                let res = index.engine().check(&r.tenant, &r.vault, &item, now, r.explain)?;
+                // A check the decision log may keep is explained now, once.
+                let roll = self.state.decisions.roll();
+                let mut res = index
+                    .engine()
+                    .check(&r.tenant, &r.vault, &item, now, r.explain || roll.is_some())?;
                 if !ctx.budget().exhausted() {
-                    if self.state.decisions.wants(res.allowed) {
+                    if let Some(x) = roll
+                        && self.state.decisions.keeps(x, res.allowed)
+                    {
                         self.log_decision(&asked, &caller.name, &r, &ctx, &res, index, now, at);
+                    }
+                    if !r.explain {
+                        res.explanation = None;
                     }
                     return Ok(Response::new(check_response(&self.state.metrics, &res, at)));
                 }
