@@ -176,43 +176,29 @@ impl PermissionApi {
     }
 }
 
-fn full_ctx(r: &pb::CheckPermissionRequest) -> Result<RequestContext, Status> {
-    Ok(context_of("context", &r.context)?.with_budget(CHECK_BUDGET))
-}
-
 impl PermissionApi {
-    /// Hands a sampled check to the decision log. A check that did not ask
-    /// for an explanation is explained again here, so the entry names what
-    /// decided; only sampled checks pay for it.
+    /// Hands a check to the decision log when its roll keeps it. A rolled
+    /// check was evaluated with its explanation, so the entry names what
+    /// decided without evaluating again.
     #[allow(clippy::too_many_arguments)]
     fn log_decision(
         &self,
-        asked: &Asked,
+        roll: Option<f64>,
+        asked: Option<&Asked>,
         caller: &str,
         r: &pb::CheckPermissionRequest,
         ctx: &RequestContext,
         res: &CheckResult,
-        index: &crate::index::LiveIndex,
-        now: Timestamp,
         at: u64,
     ) {
-        let explained;
-        let explanation = match &res.explanation {
-            Some(e) => Some(e),
-            None => {
-                let again = ctx.clone().with_budget(CHECK_BUDGET);
-                let item = CheckItem {
-                    subject: &r.subject,
-                    action: &r.action,
-                    resource: &r.resource,
-                    context: &again,
-                };
-                explained = index.engine().check(&r.tenant, &r.vault, &item, now, true).ok();
-                explained.as_ref().and_then(|x| x.explanation.as_ref())
-            }
-        };
         let log = &self.state.decisions;
-        self.state.decisions.log(crate::decisions::Entry {
+        let (Some(roll), Some(asked)) = (roll, asked) else {
+            return;
+        };
+        if !log.keeps(roll, res.allowed) {
+            return;
+        }
+        log.log(crate::decisions::Entry {
             time: Timestamp::now().to_rfc3339(),
             request_id: asked.request_id(),
             caller: caller.to_string(),
@@ -224,7 +210,7 @@ impl PermissionApi {
             decision: if res.allowed { "ALLOWED" } else { "DENIED" },
             reason: res.reason.as_str(),
             revision: token(at),
-            deciding: explanation.map(deciders).unwrap_or_default(),
+            deciding: res.explanation.as_ref().map(deciders).unwrap_or_default(),
             latency_us: asked.started.elapsed().as_micros() as u64,
             context_keys: ctx.json().keys().cloned().collect(),
             context: log.context_values.then(|| ctx.json().clone()),
@@ -242,7 +228,11 @@ impl PermissionService for PermissionApi {
             .observed(SVC, "CheckPermission", async {
                 let caller = auth::caller(&request)?;
                 caller.require_all(&request.get_ref().tenant_fields())?;
-                let asked = Asked::of(&request);
+                // One roll decides whether the decision log may keep this
+                // check; only then is anything kept for it, and the check
+                // explained (once, in its own evaluation).
+                let roll = self.state.decisions.roll();
+                let asked = roll.map(|_| Asked::of(&request));
                 let r = request.into_inner();
                 let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
                 rate(index, &r.tenant, Kind::Checks, 1)?;
@@ -254,17 +244,11 @@ impl PermissionService for PermissionApi {
                     resource: &r.resource,
                     context: &ctx,
                 };
-                // A check the decision log may keep is explained now, once.
-                let roll = self.state.decisions.roll();
                 let mut res = index
                     .engine()
                     .check(&r.tenant, &r.vault, &item, now, r.explain || roll.is_some())?;
                 if !ctx.budget().exhausted() {
-                    if let Some(x) = roll
-                        && self.state.decisions.keeps(x, res.allowed)
-                    {
-                        self.log_decision(&asked, &caller.name, &r, &ctx, &res, index, now, at);
-                    }
+                    self.log_decision(roll, asked.as_ref(), &caller.name, &r, &ctx, &res, at);
                     if !r.explain {
                         res.explanation = None;
                     }
@@ -286,14 +270,14 @@ impl PermissionService for PermissionApi {
                         };
                         index
                             .engine()
-                            .check(&r.tenant, &r.vault, &item, now, r.explain)
-                            .map(|res| (res, r))
+                            .check(&r.tenant, &r.vault, &item, now, r.explain || roll.is_some())
+                            .map(|res| (res, r, full))
                     })
                     .await??;
-                let (res, r) = res;
-                if self.state.decisions.wants(res.allowed) {
-                    let index = self.state.index()?;
-                    self.log_decision(&asked, &caller.name, &r, &full_ctx(&r)?, &res, index, now, at);
+                let (mut res, r, full) = res;
+                self.log_decision(roll, asked.as_ref(), &caller.name, &r, &full, &res, at);
+                if !r.explain {
+                    res.explanation = None;
                 }
                 Ok(Response::new(check_response(&self.state.metrics, &res, at)))
             })
