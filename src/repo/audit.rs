@@ -269,34 +269,14 @@ impl Repo {
         const CHUNK: usize = 1000;
         let (floor, _) = self.run(|tx| read_link(tx, &ks::audit_floor(t)))?;
         let mut verifier = Verifier::new(floor.unwrap_or_else(Link::genesis));
-        let (mut begin, end) = tuple::prefix_range(&ks::audit_of_tenant(t));
-        loop {
-            // Short transactions (FoundationDB's 5 s limit); events are
-            // immutable once written, so chunks see one chain.
-            let (rows, _) = self.run(|tx| {
-                Ok(tx.range(
-                    &begin,
-                    &end,
-                    RangeOpts {
-                        limit: CHUNK,
-                        snapshot: true,
-                        reverse: false,
-                    },
-                )?)
-            })?;
-            for (k, v) in &rows {
+        // Events are immutable once written, so the chunks see one chain.
+        self.in_chunks(&ks::audit_of_tenant(t), CHUNK, |rows| {
+            for (k, v) in rows {
                 let seq = ks::audit_key_of(k).map(|(_, s)| s).unwrap_or(0);
-                match ks::split_record(v) {
-                    Some((_, json)) => verifier.next(seq, json),
-                    None => verifier.next(seq, b""),
-                }
+                verifier.next(seq, ks::split_record(v).map_or(&b""[..], |(_, json)| json));
             }
-            if rows.len() < CHUNK {
-                break;
-            }
-            begin = rows.last().expect("a full chunk").0.clone();
-            begin.push(0);
-        }
+            Ok(())
+        })?;
         let (head, _) = self.run(|tx| read_link(tx, &ks::audit_head(t)))?;
         Ok(verifier.finish(head))
     }

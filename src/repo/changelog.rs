@@ -82,23 +82,10 @@ impl Repo {
             ("b", ks::all_bindings()),
             ("m", ks::all_memberships()),
         ] {
-            let (begin, end) = tuple::prefix_range(&prefix);
-            let mut cursor = begin;
-            // Each chunk is its own short transaction (FoundationDB's 5 s
-            // limit); what changes between chunks is replayed from the feed.
-            loop {
-                let (rows, _) = self.run(|tx| {
-                    Ok(tx.range(
-                        &cursor,
-                        &end,
-                        RangeOpts {
-                            limit: CHUNK,
-                            snapshot: true,
-                            reverse: false,
-                        },
-                    )?)
-                })?;
-                for (k, val) in &rows {
+            // Each chunk is its own short transaction; what changes between
+            // chunks is replayed from the feed.
+            self.in_chunks(&prefix, CHUNK, |rows| {
+                for (k, val) in rows {
                     let change = match kind {
                         "t" => decode(k, val).map(|x| Change::PutTenant(x.0)),
                         "v" => decode(k, val).map(|x| Change::PutVault(x.0)),
@@ -113,13 +100,8 @@ impl Repo {
                         Err(e) => out.corrupt.push(CorruptRecord::of_key(k, e.to_string())),
                     }
                 }
-                if rows.len() < CHUNK {
-                    break;
-                }
-                let mut next = rows.last().expect("full chunk").0.clone();
-                next.push(0);
-                cursor = next;
-            }
+                Ok(())
+            })?;
         }
         Ok(out)
     }

@@ -138,6 +138,40 @@ pub(crate) fn write<T: Serialize>(tx: &mut dyn Transaction, key: &[u8], obj: &T)
     Ok(())
 }
 
+impl Repo {
+    /// Every row under `prefix`, in key order, read in short snapshot
+    /// transactions of `chunk` rows each (FoundationDB's 5 s limit), each
+    /// chunk handed to `each`. What changes between chunks is the
+    /// caller's concern.
+    pub(crate) fn in_chunks(
+        &self,
+        prefix: &[u8],
+        chunk: usize,
+        mut each: impl FnMut(&[store::KeyValue]) -> Result<()>,
+    ) -> Result<()> {
+        let (mut cursor, end) = tuple::prefix_range(prefix);
+        loop {
+            let (rows, _) = self.run(|tx| {
+                Ok(tx.range(
+                    &cursor,
+                    &end,
+                    RangeOpts {
+                        limit: chunk,
+                        snapshot: true,
+                        reverse: false,
+                    },
+                )?)
+            })?;
+            each(&rows)?;
+            if rows.len() < chunk {
+                return Ok(());
+            }
+            cursor = rows.last().expect("a full chunk").0.clone();
+            cursor.push(0);
+        }
+    }
+}
+
 pub(crate) fn range_prefix(tx: &mut dyn Transaction, prefix: &[u8], opts: RangeOpts) -> Result<Vec<store::KeyValue>> {
     let (b, e) = tuple::prefix_range(prefix);
     Ok(tx.range(&b, &e, opts)?)
