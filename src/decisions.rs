@@ -2,17 +2,36 @@
 //! path.
 //!
 //! A check decides whether it is logged (sampling, separately for allowed
-//! and denied decisions) and hands an owned entry to a bounded queue; one
-//! writer task serializes and writes. When the queue is full the entry is
-//! dropped and counted (`portcullis_decision_log_dropped_total`): a slow
-//! disk never slows a check. A file is rotated when it would pass
-//! `max_bytes` (the old one becomes `<file>.1`) and reopened on SIGHUP, for
-//! logrotate.
+//! and denied decisions, at the server's shares or its tenant's) and hands
+//! what it already owns (the request's strings, its explanation, its
+//! context) to a bounded queue. One writer thread does everything else:
+//! the deciders, the time and revision text, the request id when the caller
+//! sent none, the JSON. When the queue is full the entry is dropped and
+//! counted (`portcullis_decision_log_dropped_total`): a slow disk never
+//! slows a check. A file is rotated when it would pass `max_bytes` (the old
+//! one becomes `<file>.1`) and reopened on SIGHUP, for logrotate.
+//!
+//! The writer polls the queue, sleeping [`IDLE`] whenever it is empty,
+//! rather than being woken for each entry: a wake-up per check (a futex
+//! call on both sides) cost more than the line itself.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TryRecvError, sync_channel};
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use serde::Serialize;
+
+use crate::engine::model::{Effect, Tenant};
+use crate::engine::{Explanation, TenantId, Timestamp};
+
+/// How long the writer sleeps when the queue is empty: how late a line may
+/// reach the file.
+pub const IDLE: Duration = Duration::from_millis(5);
 
 /// Where decision logs go.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -63,6 +82,60 @@ impl Default for DecisionLogOptions {
     }
 }
 
+/// The shares of allowed and denied checks logged, each 0 to 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shares {
+    pub allowed: f64,
+    pub denied: f64,
+}
+
+/// The tenants' own sampling (`Tenant.decision_logs`), followed by the
+/// index as tenants change. Each share is inherited separately: a tenant's
+/// unset share is its nearest ancestor's that sets one, then the server's.
+#[derive(Default)]
+pub struct TenantSampling {
+    set: ArcSwap<HashMap<TenantId, crate::engine::model::DecisionLogSampling>>,
+}
+
+impl TenantSampling {
+    /// Replaces the set; called with every tenant that sets a share
+    /// whenever a tenant changes.
+    pub fn update<'a>(&self, tenants: impl IntoIterator<Item = &'a Tenant>) {
+        let set = tenants
+            .into_iter()
+            .filter(|t| !t.decision_logs.is_unset())
+            .map(|t| (t.id.clone(), t.decision_logs))
+            .collect();
+        self.set.store(Arc::new(set));
+    }
+
+    /// The shares for a check in `tenant`: `base` (the server's) with the
+    /// lineage's own, nearest first.
+    pub fn of(&self, tenant: &str, base: Shares) -> Shares {
+        let set = self.set.load();
+        if set.is_empty() {
+            return base;
+        }
+        let mut shares = base;
+        // Root first, so each nearer tenant's share replaces its ancestor's.
+        let ends = tenant
+            .match_indices('/')
+            .map(|(i, _)| i)
+            .chain(std::iter::once(tenant.len()));
+        for end in ends {
+            if let Some(d) = set.get(&tenant[..end]) {
+                if let Some(s) = d.sample_allowed {
+                    shares.allowed = s.0;
+                }
+                if let Some(s) = d.sample_denied {
+                    shares.denied = s.0;
+                }
+            }
+        }
+        shares
+    }
+}
+
 /// What decided a check: one explanation entry.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decider {
@@ -77,25 +150,94 @@ pub struct Decider {
     pub effect: &'static str,
 }
 
-/// One logged check.
-#[derive(Debug, Clone, Serialize)]
+/// A logged check's deciders: the statements that counted.
+pub fn deciders(e: &Explanation) -> Vec<Decider> {
+    e.entries
+        .iter()
+        .filter(|x| x.counted)
+        .map(|x| Decider {
+            binding: x.binding_id.clone(),
+            binding_scope: x.binding_scope.to_string(),
+            principal: x.principal.clone(),
+            role: x.role.as_ref().map(|k| k.to_string()),
+            statement: x.index,
+            sid: x.sid.clone(),
+            effect: match x.effect {
+                Effect::Allow => "ALLOW",
+                Effect::Deny => "DENY",
+            },
+        })
+        .collect()
+}
+
+/// One logged check, as the check hands it over: what it owned already,
+/// nothing formatted.
+#[derive(Debug)]
 pub struct Entry {
-    pub time: String,
-    pub request_id: String,
+    pub time: Timestamp,
+    /// The caller's `x-request-id`; a sane one is logged, else a new id.
+    pub request_id: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     pub caller: String,
     pub tenant: String,
     pub vault: String,
     pub subject: String,
     pub action: String,
     pub resource: String,
-    pub decision: &'static str,
+    pub allowed: bool,
     pub reason: &'static str,
-    pub revision: String,
-    pub deciding: Vec<Decider>,
+    pub revision: u64,
+    pub explanation: Option<Explanation>,
     pub latency_us: u64,
-    pub context_keys: Vec<String>,
+    pub context: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One line of the log: the format the README documents.
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    request_id: String,
+    caller: &'a str,
+    tenant: &'a str,
+    vault: &'a str,
+    subject: &'a str,
+    action: &'a str,
+    resource: &'a str,
+    decision: &'static str,
+    reason: &'static str,
+    revision: String,
+    deciding: Vec<Decider>,
+    latency_us: u64,
+    context_keys: Vec<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub context: Option<serde_json::Map<String, serde_json::Value>>,
+    context: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Entry {
+    fn line(&self, context_values: bool) -> Line<'_> {
+        Line {
+            time: self.time.to_rfc3339(),
+            request_id: self
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .filter(|s| !s.is_empty() && s.len() <= 128)
+                .map(str::to_string)
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            caller: &self.caller,
+            tenant: &self.tenant,
+            vault: &self.vault,
+            subject: &self.subject,
+            action: &self.action,
+            resource: &self.resource,
+            decision: if self.allowed { "ALLOWED" } else { "DENIED" },
+            reason: self.reason,
+            revision: crate::repo::token(self.revision),
+            deciding: self.explanation.as_ref().map(deciders).unwrap_or_default(),
+            latency_us: self.latency_us,
+            context_keys: self.context.keys().map(String::as_str).collect(),
+            context: context_values.then_some(&self.context),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,11 +249,30 @@ pub struct OpenError {
 
 /// The server's decision log; [`DecisionLog::off`] logs nothing at no cost.
 pub struct DecisionLog {
-    tx: Option<tokio::sync::mpsc::Sender<Entry>>,
-    sample_allowed: f64,
-    sample_denied: f64,
-    pub context_values: bool,
+    tx: Option<SyncSender<Entry>>,
+    shares: Shares,
     dropped: prometheus::IntCounter,
+    /// Ends the SIGHUP listener with the log.
+    _hup: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// One roll of a check: the number drawn and the shares it is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct Roll {
+    r: f64,
+    shares: Shares,
+}
+
+impl Roll {
+    /// Whether the check is logged, now its decision is known.
+    pub fn keeps(&self, allowed: bool) -> bool {
+        self.r
+            < if allowed {
+                self.shares.allowed
+            } else {
+                self.shares.denied
+            }
+    }
 }
 
 fn open(path: &PathBuf) -> Result<std::fs::File, OpenError> {
@@ -125,113 +286,173 @@ fn open(path: &PathBuf) -> Result<std::fs::File, OpenError> {
         })
 }
 
+/// The writer thread's output: a buffered stdout or file, with the file's
+/// rotation and reopening.
+struct Output {
+    out: Box<dyn Write + Send>,
+    file: Option<PathBuf>,
+    size: u64,
+    max_bytes: u64,
+}
+
+impl Output {
+    fn buffered(f: std::fs::File) -> Box<dyn Write + Send> {
+        // Lines go out in blocks: under load the queue is rarely empty.
+        Box::new(std::io::BufWriter::with_capacity(64 << 10, f))
+    }
+
+    fn reopen(&mut self) {
+        if let Some(p) = &self.file
+            && let Ok(f) = open(p)
+        {
+            let _ = self.out.flush();
+            self.out = Self::buffered(f);
+            self.size = std::fs::metadata(p).map_or(0, |m| m.len());
+        }
+    }
+
+    fn write(&mut self, line: &[u8]) {
+        if let Some(p) = &self.file
+            && self.size > 0
+            && self.size + line.len() as u64 > self.max_bytes
+        {
+            let _ = self.out.flush();
+            let mut rotated = p.clone().into_os_string();
+            rotated.push(".1");
+            if std::fs::rename(p, &rotated).is_ok()
+                && let Ok(f) = open(p)
+            {
+                self.out = Self::buffered(f);
+                self.size = 0;
+            }
+        }
+        if self.out.write_all(line).is_ok() {
+            self.size += line.len() as u64;
+        }
+    }
+}
+
 impl DecisionLog {
     pub fn off(dropped: prometheus::IntCounter) -> DecisionLog {
         DecisionLog {
             tx: None,
-            sample_allowed: 0.0,
-            sample_denied: 0.0,
-            context_values: false,
+            shares: Shares {
+                allowed: 0.0,
+                denied: 0.0,
+            },
             dropped,
+            _hup: None,
         }
     }
 
-    /// Opens the sink (so a bad path fails at start, naming it) and starts
-    /// the writer on the current runtime.
+    /// Opens the sink (so a bad path fails at start, naming it), starts the
+    /// writer thread, and listens for SIGHUP on the current runtime.
     pub fn start(opts: &DecisionLogOptions, dropped: prometheus::IntCounter) -> Result<DecisionLog, OpenError> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Entry>(opts.queue.max(1));
-        let mut out: Box<dyn Write + Send> = match &opts.sink {
+        let out: Box<dyn Write + Send> = match &opts.sink {
             Sink::Off => return Ok(DecisionLog::off(dropped)),
-            Sink::Stdout => Box::new(std::io::stdout()),
-            // Buffered: under load the queue is rarely empty, so lines go
-            // out in blocks rather than one write each.
-            Sink::File(p) => Box::new(std::io::BufWriter::with_capacity(64 << 10, open(p)?)),
+            Sink::Stdout => Box::new(std::io::BufWriter::with_capacity(64 << 10, std::io::stdout())),
+            Sink::File(p) => Output::buffered(open(p)?),
         };
         let file = match &opts.sink {
             Sink::File(p) => Some(p.clone()),
             _ => None,
         };
-        let max_bytes = opts.max_bytes.max(1);
-        let mut size = file
-            .as_ref()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map_or(0, |m| m.len());
-        tokio::spawn(async move {
-            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-            loop {
-                let entry = tokio::select! {
-                    e = rx.recv() => match e { Some(e) => e, None => return },
-                    Some(()) = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                        if let Some(p) = &file && let Ok(f) = open(p) {
-                            let _ = out.flush();
-                            out = Box::new(std::io::BufWriter::with_capacity(64 << 10, f));
-                            size = std::fs::metadata(p).map_or(0, |m| m.len());
+        let mut output = Output {
+            size: file
+                .as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map_or(0, |m| m.len()),
+            out,
+            file,
+            max_bytes: opts.max_bytes.max(1),
+        };
+        let (tx, rx) = sync_channel::<Entry>(opts.queue.max(1));
+        let hup = Arc::new(AtomicBool::new(false));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            let hup = hup.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        s = signal.recv() => match s {
+                            Some(()) => hup.store(true, Ordering::Relaxed),
+                            None => return,
+                        },
+                    }
+                }
+            });
+        }
+        let context_values = opts.context_values;
+        let spawned = std::thread::Builder::new()
+            .name("decision-log".into())
+            .spawn(move || {
+                let mut buf = Vec::with_capacity(1024);
+                loop {
+                    match rx.try_recv() {
+                        Ok(entry) => {
+                            buf.clear();
+                            if serde_json::to_writer(&mut buf, &entry.line(context_values)).is_ok() {
+                                buf.push(b'\n');
+                                output.write(&buf);
+                            }
                         }
-                        continue;
-                    }
-                };
-                let mut line = serde_json::to_vec(&entry).unwrap_or_default();
-                line.push(b'\n');
-                if let Some(p) = &file
-                    && size > 0
-                    && size + line.len() as u64 > max_bytes
-                {
-                    let _ = out.flush();
-                    let mut rotated = p.clone().into_os_string();
-                    rotated.push(".1");
-                    if std::fs::rename(p, &rotated).is_ok()
-                        && let Ok(f) = open(p)
-                    {
-                        out = Box::new(std::io::BufWriter::with_capacity(64 << 10, f));
-                        size = 0;
+                        Err(TryRecvError::Empty) => {
+                            let _ = output.out.flush();
+                            if hup.swap(false, Ordering::Relaxed) {
+                                output.reopen();
+                            }
+                            std::thread::sleep(IDLE);
+                        }
+                        Err(TryRecvError::Disconnected) => {
+                            let _ = output.out.flush();
+                            return;
+                        }
                     }
                 }
-                if out.write_all(&line).is_ok() {
-                    size += line.len() as u64;
-                }
-                // Flush when nothing else waits, so lines reach the file promptly.
-                if rx.is_empty() {
-                    let _ = out.flush();
-                }
-            }
-        });
+            });
+        if let Err(error) = spawned {
+            return Err(OpenError {
+                path: "(writer thread)".into(),
+                error,
+            });
+        }
         Ok(DecisionLog {
             tx: Some(tx),
-            sample_allowed: opts.sample_allowed.clamp(0.0, 1.0),
-            sample_denied: opts.sample_denied.clamp(0.0, 1.0),
-            context_values: opts.context_values,
+            shares: Shares {
+                allowed: opts.sample_allowed.clamp(0.0, 1.0),
+                denied: opts.sample_denied.clamp(0.0, 1.0),
+            },
             dropped,
+            _hup: Some(stop),
         })
     }
 
-    /// Rolled once per check, before it runs: `None` when it cannot be
-    /// logged whatever it decides (the log is off, or the roll is above
-    /// both shares), so only a check that may be logged is explained.
-    pub fn roll(&self) -> Option<f64> {
+    /// The server's own shares, which a tenant's may replace.
+    pub fn shares(&self) -> Shares {
+        self.shares
+    }
+
+    /// Rolled once per check, before it runs, at the shares `tenant` gives
+    /// (from the server's): `None` when it cannot be logged whatever it
+    /// decides (the log is off, or the roll is above both shares), so only
+    /// a check that may be logged is explained.
+    pub fn roll(&self, tenant: impl FnOnce(Shares) -> Shares) -> Option<Roll> {
         self.tx.as_ref()?;
-        let top = self.sample_allowed.max(self.sample_denied);
+        let shares = tenant(self.shares);
+        let top = shares.allowed.max(shares.denied);
         // Both shares whole: no random number needed.
-        let r = if self.sample_allowed.min(self.sample_denied) >= 1.0 {
+        let r = if shares.allowed.min(shares.denied) >= 1.0 {
             0.0
         } else {
             rand::random::<f64>()
         };
-        (r < top).then_some(r)
+        (r < top).then_some(Roll { r, shares })
     }
 
-    /// Whether a check with this roll is logged, now its decision is known.
-    pub fn keeps(&self, roll: f64, allowed: bool) -> bool {
-        let share = if allowed {
-            self.sample_allowed
-        } else {
-            self.sample_denied
-        };
-        roll < share
-    }
-
-    /// Whether a decision is logged: off, or sampled at its share.
+    /// Whether a decision is logged at the server's shares.
     pub fn wants(&self, allowed: bool) -> bool {
-        self.roll().is_some_and(|r| self.keeps(r, allowed))
+        self.roll(|s| s).is_some_and(|r| r.keeps(allowed))
     }
 
     /// Queues an entry; a full queue drops it and counts the drop.
@@ -250,21 +471,20 @@ mod tests {
 
     fn entry(n: usize) -> Entry {
         Entry {
-            time: "2030-01-01T00:00:00Z".into(),
-            request_id: format!("r{n}"),
+            time: Timestamp::parse_rfc3339("2030-01-01T00:00:00Z").unwrap(),
+            request_id: Some(format!("r{n}").parse().unwrap()),
             caller: "k".into(),
             tenant: "acme".into(),
             vault: "docs".into(),
             subject: "user:a".into(),
             action: "documents:read".into(),
             resource: "document:x".into(),
-            decision: "ALLOWED",
+            allowed: true,
             reason: "ALLOWED",
-            revision: "v1.1".into(),
-            deciding: vec![],
+            revision: 1,
+            explanation: None,
             latency_us: 3,
-            context_keys: vec![],
-            context: None,
+            context: Default::default(),
         }
     }
 
@@ -319,5 +539,39 @@ mod tests {
         let n = (0..10_000).filter(|_| half.wants(true)).count();
         assert!((4000..6000).contains(&n), "{n}");
         assert!(!DecisionLog::off(c).wants(false));
+    }
+
+    fn tenant(id: &str, allowed: Option<f64>, denied: Option<f64>) -> Tenant {
+        let mut t = Tenant::new(TenantId::parse(id).unwrap());
+        t.decision_logs = crate::engine::model::DecisionLogSampling {
+            sample_allowed: allowed.map(crate::engine::model::Share),
+            sample_denied: denied.map(crate::engine::model::Share),
+        };
+        t
+    }
+
+    #[test]
+    fn each_share_is_inherited_from_the_nearest_tenant_setting_it() {
+        let base = Shares {
+            allowed: 0.01,
+            denied: 1.0,
+        };
+        let s = TenantSampling::default();
+        assert_eq!(s.of("acme/eng", base), base);
+        s.update(&[
+            tenant("acme", Some(0.5), None),
+            tenant("acme/eng", None, Some(0.2)),
+            tenant("acme/eng/platform", Some(0.0), Some(0.0)),
+            tenant("acme/sales", None, None),
+        ]);
+        let sh = |a, d| Shares { allowed: a, denied: d };
+        assert_eq!(s.of("acme", base), sh(0.5, 1.0));
+        assert_eq!(s.of("acme/eng", base), sh(0.5, 0.2));
+        assert_eq!(s.of("acme/eng/web", base), sh(0.5, 0.2));
+        assert_eq!(s.of("acme/eng/platform/x", base), sh(0.0, 0.0));
+        assert_eq!(s.of("acme/sales", base), sh(0.5, 1.0));
+        // A prefix that is not a tenant boundary does not count.
+        assert_eq!(s.of("acmeco", base), base);
+        assert_eq!(s.of("globex", base), base);
     }
 }

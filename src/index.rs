@@ -38,6 +38,8 @@ pub struct LiveIndex {
     caught_up: watch::Sender<u64>,
     /// The tenants' rate-limit buckets, following their limits.
     pub limits: crate::ratelimit::TenantLimits,
+    /// The tenants' decision-log sampling, following their specs.
+    pub sampling: crate::decisions::TenantSampling,
     /// Since when the store has been ahead of the index; `None` while the
     /// index is caught up. Health turns NOT_SERVING when this grows past
     /// `--max-index-lag`.
@@ -55,9 +57,10 @@ impl LiveIndex {
             metrics,
             caught_up: watch::channel(version).0,
             limits: Default::default(),
+            sampling: Default::default(),
             behind_since: std::sync::Mutex::new(None),
         });
-        index.limits.update(&index.engine().rate_limited_tenants());
+        index.follow_tenants(&index.engine());
         // Whatever changed while the chunks were read is replayed.
         index.catch_up()?;
         Ok(index)
@@ -78,6 +81,13 @@ impl LiveIndex {
             "index loaded"
         );
         Ok((engine, loaded.version))
+    }
+
+    /// Rebuilds what follows the tenants' specs: rate-limit buckets and
+    /// decision-log sampling.
+    fn follow_tenants(&self, engine: &Engine) {
+        self.limits.update(&engine.rate_limited_tenants());
+        self.sampling.update(&engine.sampled_tenants());
     }
 
     /// The engine; hold the guard only for one query.
@@ -106,7 +116,7 @@ impl LiveIndex {
                     "the changelog was compacted past this replica's index; reloading"
                 );
                 let (engine, version) = Self::build(&self.repo, &self.metrics)?;
-                self.limits.update(&engine.rate_limited_tenants());
+                self.follow_tenants(&engine);
                 self.engine.store(Arc::new(engine));
                 self.caught_up.send_replace(version);
                 continue;
@@ -127,7 +137,7 @@ impl LiveIndex {
                 }
             }
             if tenants_changed {
-                self.limits.update(&engine.rate_limited_tenants());
+                self.follow_tenants(&engine);
             }
             let upto = upto.max(from);
             engine.apply(upto, &[]);

@@ -165,3 +165,148 @@ async fn sampling_values_and_drops() {
     assert!(l.iter().all(|e| e["context"] == serde_json::json!({"mfa": false})));
     srv.shutdown().await;
 }
+
+const ROOT: &str = "root-secret";
+const ACME: &str = "acme-secret";
+
+fn sampling(allowed: Option<f64>, denied: Option<f64>) -> Option<pb::DecisionLogSampling> {
+    Some(pb::DecisionLogSampling {
+        sample_allowed: allowed,
+        sample_denied: denied,
+    })
+}
+
+async fn put_tenant(a: &mut Admin, id: &str, d: Option<pb::DecisionLogSampling>) -> Result<String, tonic::Status> {
+    a.apply_tenant(pb::ApplyTenantRequest {
+        tenant: Some(pb::Tenant {
+            decision_logs: d,
+            ..tenant(id)
+        }),
+        expected_revision: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner().revision)
+}
+
+/// A check at `at`, in `tenant`'s vault `v` or acme's `docs`.
+fn checked_in(tenant: &str, subject: &str, at: &str) -> tonic::Request<pb::CheckPermissionRequest> {
+    let mut r = checked(subject, at, None);
+    if tenant != "acme" {
+        r.get_mut().tenant = tenant.into();
+        r.get_mut().vault = "v".into();
+    }
+    r.metadata_mut()
+        .insert("x-request-id", format!("{tenant} {subject}").parse().unwrap());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_override_the_shares_for_their_subtrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.log");
+    // The server logs nothing of its own accord.
+    let srv = start(ServeOptions {
+        decision_log: DecisionLogOptions {
+            sink: Sink::File(path.clone()),
+            sample_allowed: 0.0,
+            sample_denied: 0.0,
+            ..Default::default()
+        },
+        keys: portcullis::api::auth::Keys::parse(&format!(
+            "keys:\n  - name: root\n    sha256: {}\n    scopes: [admin, check]\n  - name: acme-admin\n    sha256: {}\n    scopes: [admin, check]\n    tenants: [acme]\n",
+            portcullis::api::auth::Keys::hash(ROOT),
+            portcullis::api::auth::Keys::hash(ACME)
+        ))
+        .unwrap(),
+        ..ServeOptions::for_tests()
+    })
+    .await;
+    let mut a = admin(srv.addr, Some(ROOT)).await;
+    seed(&mut a).await;
+    a.write_bindings(pb::WriteBindingsRequest {
+        tenant: "acme".into(),
+        vault: "docs".into(),
+        upserts: vec![binding("alice-reads", "user:alice", "reader")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // acme logs every allowed check; acme/eng every denied one; acme/eng/x
+    // sets nothing and inherits both, each from its nearest ancestor.
+    put_tenant(&mut a, "acme", sampling(Some(1.0), None)).await.unwrap();
+    put_tenant(&mut a, "acme/eng", sampling(None, Some(1.0))).await.unwrap();
+    put_tenant(&mut a, "acme/eng/x", None).await.unwrap();
+    let at = a
+        .apply_vault(pb::ApplyVaultRequest {
+            vault: Some(vault("acme/eng/x", "v")),
+            expected_revision: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    let mut p = perm(srv.addr, Some(ROOT)).await;
+    for (tenant, subject) in [
+        ("acme", "user:alice"),   // allowed in acme: logged
+        ("acme", "user:mallory"), // denied in acme: the server's 0
+        ("acme/eng/x", "user:mallory"), // denied below acme/eng: logged
+    ] {
+        p.check_permission(checked_in(tenant, subject, &at)).await.unwrap();
+    }
+    // acme's override removed: back to the server's shares there.
+    let at = put_tenant(&mut a, "acme", None).await.unwrap();
+    p.check_permission(checked_in("acme", "user:alice", &at)).await.unwrap();
+    p.check_permission(checked_in("acme/eng/x", "user:bob", &at)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids: Vec<String> = lines(&path)
+        .iter()
+        .map(|l| l["request_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        ["acme user:alice", "acme/eng/x user:mallory", "acme/eng/x user:bob"],
+        "only what the tenants' shares keep"
+    );
+
+    // GetTenant shows what the tenant set, and only that.
+    let t = a
+        .get_tenant(pb::GetTenantRequest {
+            id: "acme/eng".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.decision_logs, sampling(None, Some(1.0)));
+
+    // A share outside 0..1 is refused, naming the field.
+    for bad in [1.5, -0.1, f64::NAN, f64::INFINITY] {
+        let e = put_tenant(&mut a, "acme", sampling(None, Some(bad))).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}: {e:?}");
+        assert!(
+            e.message().contains("tenant.decision_logs.sample_denied"),
+            "{bad}: {}",
+            e.message()
+        );
+    }
+
+    // The log is the platform's: a key confined to acme may not set or
+    // change any sampling in its subtree, nor create a tenant with one, but
+    // may still write a tenant that leaves it alone.
+    let mut confined = admin(srv.addr, Some(ACME)).await;
+    for (id, d) in [
+        ("acme/eng", sampling(None, Some(0.0))),
+        ("acme/eng", None),
+        ("acme/eng/new", sampling(Some(0.0), None)),
+        ("acme", sampling(Some(1.0), None)),
+    ] {
+        let e = put_tenant(&mut confined, id, d).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{id}: {e:?}");
+        assert!(e.message().contains("decision_logs"), "{id}: {}", e.message());
+    }
+    put_tenant(&mut confined, "acme/eng", sampling(None, Some(1.0)))
+        .await
+        .unwrap();
+    put_tenant(&mut confined, "acme/eng/new", None).await.unwrap();
+    srv.shutdown().await;
+}

@@ -8,7 +8,7 @@
 //! as `Ready=False`, reason `InvalidSpec`.
 
 use kube::CustomResource;
-use portcullis::manifest::{BindingSpec, LimitsSpec, MembershipSpec, StatementSpec};
+use portcullis::manifest::{BindingSpec, DecisionLogsSpec, LimitsSpec, MembershipSpec, StatementSpec};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +52,9 @@ pub struct TenantSpec {
     /// Upper bounds on what the tenant may hold.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// How the tenant's checks, and its descendants', are sampled into the service's decision log; unset shares inherit the parent Tenant's, then the service's flags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_logs: Option<DecisionLogsSpec>,
     /// The namespaces whose Vaults and Roles may attach to this tenant; `*` allows every namespace. Empty allows none.
     #[serde(default)]
     #[schemars(inner(regex(pattern = r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$")))]

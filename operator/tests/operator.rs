@@ -17,6 +17,7 @@ fn tenant_spec(allowed: &[&str]) -> TenantSpec {
         display_name: String::new(),
         suspended: false,
         limits: LimitsSpec::default(),
+        decision_logs: None,
         allowed_namespaces: allowed.iter().map(|s| s.to_string()).collect(),
     }
 }

@@ -99,12 +99,21 @@ pub fn tenant_from(p: &pb::Tenant, prefix: &str) -> Conv<Tenant> {
         max_writes_per_second: l.max_writes_per_second,
         audit_retention_days: l.audit_retention_days,
     });
+    let mut share = |field: &str, x: Option<f64>| x.and_then(|x| v.check(path(prefix, field), Share::check(x)));
+    let decision_logs = p
+        .decision_logs
+        .map(|d| DecisionLogSampling {
+            sample_allowed: share("decision_logs.sample_allowed", d.sample_allowed),
+            sample_denied: share("decision_logs.sample_denied", d.sample_denied),
+        })
+        .unwrap_or_default();
     match id {
         Some(id) if v.is_empty() => Ok(Tenant {
             id,
             display_name: p.display_name.clone(),
             status,
             limits: limits.unwrap_or_default(),
+            decision_logs,
             labels: p.labels.clone().into_iter().collect(),
         }),
         _ => Err(v),
@@ -127,6 +136,10 @@ pub fn tenant_to(t: &Tenant, revision: u64, usage: Option<Usage>) -> pb::Tenant 
             max_checks_per_second: t.limits.max_checks_per_second,
             max_writes_per_second: t.limits.max_writes_per_second,
             audit_retention_days: t.limits.audit_retention_days,
+        }),
+        decision_logs: (!t.decision_logs.is_unset()).then_some(pb::DecisionLogSampling {
+            sample_allowed: t.decision_logs.sample_allowed.map(|s| s.0),
+            sample_denied: t.decision_logs.sample_denied.map(|s| s.0),
         }),
         labels: t.labels.clone().into_iter().collect(),
         revision: if revision > 0 { token(revision) } else { String::new() },

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::confine::TenantFields;
 use super::convert::{context_from, effect_to, effective_to, reason_to, scope_strings};
 use super::{AppState, auth, rate, tenant_field};
+use crate::decisions::Roll;
 use crate::engine::cost::CHECK_BUDGET;
 use crate::engine::{
     CheckItem, CheckResult, EntryOutcome, Explanation, PageRequest, Possibility, RequestContext, ResourceRule, RoleKey,
@@ -39,36 +40,6 @@ impl Asked {
             started: std::time::Instant::now(),
         }
     }
-
-    /// The caller's `x-request-id` when it is a sane one, else a new id.
-    fn request_id(&self) -> String {
-        self.request_id
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .filter(|s| !s.is_empty() && s.len() <= 128)
-            .map(str::to_string)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-    }
-}
-
-/// A logged check's deciders: the statements that counted.
-fn deciders(e: &Explanation) -> Vec<crate::decisions::Decider> {
-    e.entries
-        .iter()
-        .filter(|x| x.counted)
-        .map(|x| crate::decisions::Decider {
-            binding: x.binding_id.clone(),
-            binding_scope: x.binding_scope.to_string(),
-            principal: x.principal.clone(),
-            role: x.role.as_ref().map(role_key),
-            statement: x.index,
-            sid: x.sid.clone(),
-            effect: match x.effect {
-                crate::engine::model::Effect::Allow => "ALLOW",
-                crate::engine::model::Effect::Deny => "DENY",
-            },
-        })
-        .collect()
 }
 
 fn role_key(k: &RoleKey) -> String {
@@ -177,43 +148,50 @@ impl PermissionApi {
 }
 
 impl PermissionApi {
-    /// Hands a check to the decision log when its roll keeps it. A rolled
-    /// check was evaluated with its explanation, so the entry names what
-    /// decided without evaluating again.
+    /// Hands a check to the decision log when its roll keeps it, with what
+    /// the request owned: nothing is copied or formatted here but the
+    /// caller's name (the writer does the rest). A rolled check was
+    /// evaluated with its explanation, so the entry names what decided
+    /// without evaluating again; the response keeps the explanation only
+    /// when it asked for one.
     #[allow(clippy::too_many_arguments)]
     fn log_decision(
         &self,
-        roll: Option<f64>,
-        asked: Option<&Asked>,
+        roll: Option<Roll>,
+        asked: Option<Asked>,
         caller: &str,
-        r: &pb::CheckPermissionRequest,
-        ctx: &RequestContext,
-        res: &CheckResult,
+        r: pb::CheckPermissionRequest,
+        ctx: RequestContext,
+        res: &mut CheckResult,
         at: u64,
+        now: Timestamp,
     ) {
-        let log = &self.state.decisions;
+        let explanation = if r.explain {
+            None
+        } else {
+            res.explanation.take()
+        };
         let (Some(roll), Some(asked)) = (roll, asked) else {
             return;
         };
-        if !log.keeps(roll, res.allowed) {
+        if !roll.keeps(res.allowed) {
             return;
         }
-        log.log(crate::decisions::Entry {
-            time: Timestamp::now().to_rfc3339(),
-            request_id: asked.request_id(),
+        self.state.decisions.log(crate::decisions::Entry {
+            time: now,
+            request_id: asked.request_id,
             caller: caller.to_string(),
-            tenant: r.tenant.clone(),
-            vault: r.vault.clone(),
-            subject: r.subject.clone(),
-            action: r.action.clone(),
-            resource: r.resource.clone(),
-            decision: if res.allowed { "ALLOWED" } else { "DENIED" },
+            tenant: r.tenant,
+            vault: r.vault,
+            subject: r.subject,
+            action: r.action,
+            resource: r.resource,
+            allowed: res.allowed,
             reason: res.reason.as_str(),
-            revision: token(at),
-            deciding: res.explanation.as_ref().map(deciders).unwrap_or_default(),
+            revision: at,
+            explanation: explanation.or_else(|| res.explanation.clone()),
             latency_us: asked.started.elapsed().as_micros() as u64,
-            context_keys: ctx.json().keys().cloned().collect(),
-            context: log.context_values.then(|| ctx.json().clone()),
+            context: ctx.into_json(),
         });
     }
 }
@@ -228,10 +206,15 @@ impl PermissionService for PermissionApi {
             .observed(SVC, "CheckPermission", async {
                 let caller = auth::caller(&request)?;
                 caller.require_all(&request.get_ref().tenant_fields())?;
-                // One roll decides whether the decision log may keep this
-                // check; only then is anything kept for it, and the check
-                // explained (once, in its own evaluation).
-                let roll = self.state.decisions.roll();
+                // One roll, at the tenant's shares, decides whether the
+                // decision log may keep this check; only then is anything
+                // kept for it, and the check explained (once, in its own
+                // evaluation).
+                let roll = {
+                    let tenant = &request.get_ref().tenant;
+                    let index = self.state.index()?;
+                    self.state.decisions.roll(|base| index.sampling.of(tenant, base))
+                };
                 let asked = roll.map(|_| Asked::of(&request));
                 let r = request.into_inner();
                 let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
@@ -248,17 +231,14 @@ impl PermissionService for PermissionApi {
                     .engine()
                     .check(&r.tenant, &r.vault, &item, now, r.explain || roll.is_some())?;
                 if !ctx.budget().exhausted() {
-                    self.log_decision(roll, asked.as_ref(), &caller.name, &r, &ctx, &res, at);
-                    if !r.explain {
-                        res.explanation = None;
-                    }
+                    self.log_decision(roll, asked, &caller.name, r, ctx, &mut res, at, now);
                     return Ok(Response::new(check_response(&self.state.metrics, &res, at)));
                 }
                 // Its conditions need more than the inline budget: again, on the
                 // bounded pool, with the full one, so a request thread is never
                 // held for long.
                 self.state.metrics.checks_offloaded.inc();
-                let (index, full) = (index.clone(), ctx.clone().with_budget(CHECK_BUDGET));
+                let (index, full) = (index.clone(), ctx.with_budget(CHECK_BUDGET));
                 let res = self
                     .state
                     .expensive(move || {
@@ -275,10 +255,7 @@ impl PermissionService for PermissionApi {
                     })
                     .await??;
                 let (mut res, r, full) = res;
-                self.log_decision(roll, asked.as_ref(), &caller.name, &r, &full, &res, at);
-                if !r.explain {
-                    res.explanation = None;
-                }
+                self.log_decision(roll, asked, &caller.name, r, full, &mut res, at, now);
                 Ok(Response::new(check_response(&self.state.metrics, &res, at)))
             })
             .await

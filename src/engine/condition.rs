@@ -284,6 +284,10 @@ impl RequestContext {
     pub fn json(&self) -> &serde_json::Map<String, serde_json::Value> {
         &self.json
     }
+    /// The context as it was given, once nothing evaluates it any more.
+    pub fn into_json(self) -> serde_json::Map<String, serde_json::Value> {
+        self.json
+    }
     fn val(&self) -> &dyn Val {
         &**self.cel.get_or_init(|| {
             let map: std::collections::HashMap<String, Value> =

@@ -245,6 +245,17 @@ impl Engine {
             .collect()
     }
 
+    /// Tenants that set their own decision-log sampling.
+    pub fn sampled_tenants(&self) -> Vec<Tenant> {
+        self.catalog()
+            .tenants
+            .values()
+            .filter_map(|n| n.tenant.as_ref())
+            .filter(|t| !t.decision_logs.is_unset())
+            .cloned()
+            .collect()
+    }
+
     /// Everything in quarantine.
     pub fn quarantined(&self) -> Arc<Quarantine> {
         self.quarantine.load_full()

@@ -153,8 +153,48 @@ pub struct Tenant {
     pub status: TenantStatus,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default, skip_serializing_if = "DecisionLogSampling::is_unset")]
+    pub decision_logs: DecisionLogSampling,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
+}
+
+/// A share of checks, 0 to 1. Validated finite and in range where it
+/// enters (the API and manifests), so it is never NaN and can be `Eq`.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Share(pub f64);
+
+impl Eq for Share {}
+
+impl Share {
+    /// The rule a share is held to, for violations.
+    pub fn check(x: f64) -> Result<Share, String> {
+        if (0.0..=1.0).contains(&x) {
+            Ok(Share(x))
+        } else {
+            Err(format!("a share from 0 to 1, got {x}"))
+        }
+    }
+}
+
+/// How a tenant's checks are sampled into the server's decision log. An
+/// unset share inherits the nearest ancestor's that sets it, then the
+/// server's `--decision-log-sample-*` flags. Set only by unconfined keys:
+/// the log is the platform's record, not the tenant's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DecisionLogSampling {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_allowed: Option<Share>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_denied: Option<Share>,
+}
+
+impl DecisionLogSampling {
+    pub fn is_unset(&self) -> bool {
+        self.sample_allowed.is_none() && self.sample_denied.is_none()
+    }
 }
 
 impl Tenant {
@@ -164,6 +204,7 @@ impl Tenant {
             display_name: String::new(),
             status: TenantStatus::Active,
             limits: Limits::default(),
+            decision_logs: DecisionLogSampling::default(),
             labels: Labels::new(),
         }
     }

@@ -73,6 +73,14 @@ pub fn tenant(t: &Tenant) -> Result<(), Violations> {
             format!("at most {} days", super::model::MAX_AUDIT_RETENTION_DAYS),
         );
     }
+    for (field, share) in [
+        ("decision_logs.sample_allowed", t.decision_logs.sample_allowed),
+        ("decision_logs.sample_denied", t.decision_logs.sample_denied),
+    ] {
+        if let Some(s) = share {
+            v.check(field, super::model::Share::check(s.0));
+        }
+    }
     labels(&mut v, "labels", &t.labels);
     v.into_result()
 }

@@ -73,6 +73,22 @@ pub struct LimitsSpec {
     pub audit_retention_days: u32,
 }
 
+/// How the tenant's checks are sampled into the server's decision log. An
+/// unset share inherits the nearest ancestor Tenant's, then the server's
+/// `--decision-log-sample-*` flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionLogsSpec {
+    /// The share of allowed checks logged, 0 to 1; unset inherits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sample_allowed: Option<f64>,
+    /// The share of denied checks logged, 0 to 1; unset inherits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sample_denied: Option<f64>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum EffectSpec {
     Allow,
@@ -148,7 +164,7 @@ pub struct MembershipSpec {
     pub members: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantSpec {
     #[serde(default)]
@@ -157,6 +173,8 @@ pub struct TenantSpec {
     pub suspended: bool,
     #[serde(default)]
     pub limits: LimitsSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_logs: Option<DecisionLogsSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_namespaces: Vec<String>,
 }
@@ -310,6 +328,12 @@ pub fn statement_spec(s: &Statement) -> StatementSpec {
 pub fn tenant_of(name: &str, spec: &TenantSpec, labels: &Labels) -> Result<Tenant, Violations> {
     let mut v = Violations::new();
     let id = v.check("metadata.name", TenantId::parse(&tenant_id_of_name(name)));
+    let d = spec.decision_logs.unwrap_or_default();
+    let mut share = |field: &str, x: Option<f64>| x.and_then(|x| v.check(field, Share::check(x)));
+    let decision_logs = DecisionLogSampling {
+        sample_allowed: share("spec.decisionLogs.sampleAllowed", d.sample_allowed),
+        sample_denied: share("spec.decisionLogs.sampleDenied", d.sample_denied),
+    };
     v.into_result()?;
     Ok(Tenant {
         id: id.expect("checked"),
@@ -328,6 +352,7 @@ pub fn tenant_of(name: &str, spec: &TenantSpec, labels: &Labels) -> Result<Tenan
             max_writes_per_second: spec.limits.max_writes_per_second,
             audit_retention_days: spec.limits.audit_retention_days,
         },
+        decision_logs,
         labels: labels.clone(),
     })
 }

@@ -15,7 +15,8 @@ pub struct Confinement {
 impl Confinement {
     /// Refuses a write of `t` (over `existing`) that a confined key may not
     /// make: creating or deleting its own root, changing the root's status
-    /// or limits, or giving a descendant a limit above a root's.
+    /// or limits, giving a descendant a limit above a root's, or setting any
+    /// tenant's decision-log sampling.
     pub(crate) fn check(
         &self,
         tx: &mut dyn Transaction,
@@ -28,6 +29,21 @@ impl Confinement {
             tenant: id.to_string(),
             what: what.to_string(),
         };
+        // The decision log's sampling is the platform's, never the
+        // tenant's: no confined key sets or changes it, anywhere.
+        if let Some(t) = t {
+            let before = match existing {
+                Existing::Found(old, _) => old.decision_logs,
+                Existing::Absent | Existing::Corrupt(_) => Default::default(),
+            };
+            if t.decision_logs != before {
+                return Err(ServiceError::ConfinementRoot {
+                    key: self.key.clone(),
+                    tenant: self.roots.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "),
+                    what: format!("set or change decision_logs of {id}, which only an unconfined key may"),
+                });
+            }
+        }
         if self.roots.contains(id) {
             let Some(t) = t else { return Err(refuse("delete it")) };
             return match existing {

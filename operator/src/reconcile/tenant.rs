@@ -50,6 +50,7 @@ pub fn desired(obj: &Tenant) -> Result<portcullis::engine::model::Tenant, portcu
             display_name: obj.spec.display_name.clone(),
             suspended: obj.spec.suspended,
             limits: obj.spec.limits.clone(),
+            decision_logs: obj.spec.decision_logs,
             allowed_namespaces: Vec::new(),
         },
         &owner_labels(obj),
