@@ -25,6 +25,10 @@ pub struct Actor {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_behalf_of: Option<String>,
     pub rpc: String,
+    /// The subject of the client certificate mTLS verified, when the call
+    /// came with one (with or without an API key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 impl Actor {
@@ -33,6 +37,7 @@ impl Actor {
             name: name.into(),
             on_behalf_of: None,
             rpc: rpc.into(),
+            certificate: None,
         }
     }
 
@@ -43,6 +48,11 @@ impl Actor {
 
     pub fn for_(mut self, on_behalf_of: Option<String>) -> Actor {
         self.on_behalf_of = on_behalf_of;
+        self
+    }
+
+    pub fn with_certificate(mut self, subject: Option<String>) -> Actor {
+        self.certificate = subject;
         self
     }
 }
@@ -71,6 +81,9 @@ pub struct Event {
     pub actor: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_behalf_of: Option<String>,
+    /// The verified client certificate's subject, under mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
     pub rpc: String,
     pub tenant: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -247,6 +260,7 @@ mod tests {
             time_micros: 1,
             actor: "admin".into(),
             on_behalf_of: None,
+            certificate: None,
             rpc: "ApplyRole".into(),
             tenant: "acme".into(),
             vault: None,

@@ -92,7 +92,7 @@ impl ServeOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(
-        "refusing to serve without API keys on {0}: unauthenticated serving is allowed only on a loopback address; pass --auth-keys-file or listen on 127.0.0.1"
+        "refusing to serve without API keys on {0}: unauthenticated serving is allowed only on a loopback address; pass --auth-keys-file, require client certificates with --client-ca, or listen on 127.0.0.1"
     )]
     Unauthenticated(SocketAddr),
     #[error(transparent)]
@@ -224,7 +224,12 @@ fn spawn_reloader(
 /// Opens the store, starts serving (health NOT_SERVING), loads the index in
 /// the background, then reports SERVING.
 pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
-    if !opts.keys.is_enabled() {
+    let mtls = opts.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if mtls && !opts.keys.is_enabled() {
+        // Every connection presents a certificate chaining to the CA, and
+        // its subject is the caller: authenticated, with every scope.
+        tracing::info!(listen = %opts.listen, "callers authenticated by client certificate (no API keys: every verified client has every scope)");
+    } else if !opts.keys.is_enabled() {
         if !opts.listen.ip().is_loopback() {
             return Err(StartError::Unauthenticated(opts.listen));
         }

@@ -6,7 +6,7 @@ use common::*;
 use portcullis::server::{ServeOptions, TlsFiles};
 use portcullis_proto::v1 as pb;
 use portcullis_proto::v1::diagnostics_service_client::DiagnosticsServiceClient;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 struct Pki {
@@ -23,10 +23,10 @@ fn pki() -> Pki {
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf = |name: &str| {
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![name.to_string()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.distinguished_name.push(DnType::OrganizationName, "acme");
+        let cert = params.signed_by(&key, &issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     };
     Pki {
@@ -169,4 +169,125 @@ async fn bad_tls_files_are_named_with_the_reason() {
         .to_string();
     assert!(e.contains("--tls-key") && e.contains(&key.display().to_string()), "{e}");
     assert!(e.contains("PRIVATE KEY"), "{e}");
+}
+
+/// Under mTLS the certificate's subject is recorded with every audited
+/// change and refusal. Without API keys it is the caller itself, which is
+/// what lets such a server listen beyond loopback; with keys the key names
+/// the actor and the certificate rides along.
+#[tokio::test]
+async fn the_client_certificate_names_the_actor() {
+    use portcullis_client::{Client, Config};
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki();
+    let write = |name: &str, s: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, s).unwrap();
+        path
+    };
+    let tls = TlsFiles {
+        cert: write("server.pem", &p.server.0),
+        key: write("server.key", &p.server.1),
+        client_ca: Some(write("ca.pem", &p.ca)),
+    };
+    let subject = "CN=client, O=acme";
+    let connect = |addr: std::net::SocketAddr, token: Option<&str>| {
+        Config::new(format!("https://localhost:{}", addr.port()))
+            .ca_certificate(p.ca.clone().into_bytes())
+            .client_identity(p.client.0.clone().into_bytes(), p.client.1.clone().into_bytes())
+            .optional_token(token.map(str::to_string))
+            .connect()
+    };
+    let trail = |c: Client, tenant: &str| {
+        let tenant = tenant.to_string();
+        async move {
+            c.list_audit_events(pb::ListAuditEventsRequest {
+                tenant,
+                page_size: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .events
+            .into_iter()
+            .map(|e| (e.actor, e.certificate, e.rpc))
+            .collect::<Vec<_>>()
+        }
+    };
+
+    // No keys, not loopback: refused without mTLS, served with it.
+    let mut opts = ServeOptions::for_tests();
+    opts.listen = "0.0.0.0:0".parse().unwrap();
+    let e = portcullis::server::start(opts).await.err().expect("refused").to_string();
+    assert!(e.contains("--client-ca"), "{e}");
+    let mut opts = ServeOptions::for_tests();
+    opts.listen = "0.0.0.0:0".parse().unwrap();
+    opts.tls = Some(tls.clone());
+    let srv = start(opts).await;
+    let c = connect(srv.addr, None).await.unwrap();
+    c.apply_tenant(pb::ApplyTenantRequest {
+        tenant: Some(tenant("acme")),
+        expected_revision: String::new(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        trail(c, "acme").await,
+        [(subject.to_string(), subject.to_string(), "ApplyTenant".to_string())]
+    );
+    srv.shutdown().await;
+
+    // With keys: the key is the actor, the certificate is kept beside it,
+    // and a refused call records the certificate too.
+    let mut opts = ServeOptions::for_tests();
+    opts.tls = Some(tls);
+    opts.keys = portcullis::api::auth::Keys::parse(&format!(
+        "keys:\n  - name: ops\n    sha256: {}\n    scopes: [admin, audit]\n",
+        portcullis::api::auth::Keys::hash("ops-secret")
+    ))
+    .unwrap();
+    let srv = start(opts).await;
+    let c = connect(srv.addr, Some("ops-secret")).await.unwrap();
+    c.apply_tenant(pb::ApplyTenantRequest {
+        tenant: Some(tenant("acme")),
+        expected_revision: String::new(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        trail(c.clone(), "acme").await,
+        [("ops".to_string(), subject.to_string(), "ApplyTenant".to_string())]
+    );
+    let wrong = connect(srv.addr, Some("wrong")).await.unwrap();
+    assert!(wrong
+        .apply_tenant(pb::ApplyTenantRequest {
+            tenant: Some(tenant("acme")),
+            expected_revision: String::new(),
+        })
+        .await
+        .is_err());
+    let mut refused = Vec::new();
+    for _ in 0..100 {
+        let r = c
+            .list_audit_events(pb::ListAuditEventsRequest {
+                tenant: String::new(),
+                refusals: true,
+                page_size: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .events;
+        if !r.is_empty() {
+            refused = r;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(
+        (refused[0].actor.as_str(), refused[0].certificate.as_str()),
+        ("unauthenticated", subject)
+    );
+    srv.shutdown().await;
 }

@@ -44,7 +44,9 @@ pub fn actor<T>(request: &Request<T>, caller: &Caller, rpc: &str) -> Result<Acto
             }
         }
     };
-    Ok(Actor::new(caller.name.to_string(), rpc).for_(on_behalf_of))
+    Ok(Actor::new(caller.name.to_string(), rpc)
+        .for_(on_behalf_of)
+        .with_certificate(super::peer::subject_of(request)))
 }
 
 /// Refused admin and audit calls on their way to the server-wide chain.
@@ -116,6 +118,7 @@ pub async fn refusals_audited<T>(
             time_micros: Timestamp::now().0,
             actor: who.actor,
             peer: who.peer.map(|p| p.to_string()),
+            certificate: who.certificate,
             rpc: method.to_string(),
             code: format!("{:?}", s.code()),
             message: s.message().chars().take(512).collect(),
@@ -144,6 +147,7 @@ pub fn event_to(e: &Event, revision: u64) -> pb::AuditEvent {
         time: Some(ts_to(Timestamp(e.time_micros))),
         actor: e.actor.clone(),
         on_behalf_of: e.on_behalf_of.clone().unwrap_or_default(),
+        certificate: e.certificate.clone().unwrap_or_default(),
         rpc: e.rpc.clone(),
         tenant: e.tenant.clone(),
         vault: e.vault.clone().unwrap_or_default(),

@@ -167,6 +167,8 @@ impl Caller {
 #[derive(Debug, Clone, Default)]
 pub struct Keys {
     keys: Option<Arc<KeySet>>,
+    /// Without keys, a verified client certificate names the caller.
+    subjects: Arc<super::peer::Subjects>,
 }
 
 #[derive(Debug)]
@@ -187,7 +189,7 @@ pub enum KeysError {
 
 impl Keys {
     pub fn none() -> Keys {
-        Keys { keys: None }
+        Keys::default()
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -221,6 +223,7 @@ impl Keys {
                 current: arc_swap::ArcSwap::from_pointee(keys),
                 seen: std::sync::Mutex::new(Sha256::digest(text.as_bytes()).into()),
             })),
+            subjects: Default::default(),
         }
     }
 
@@ -313,7 +316,16 @@ impl Keys {
 
     fn caller<T>(&self, req: &Request<T>, scope: Option<Scope>) -> Result<Caller, Status> {
         let Some(set) = &self.keys else {
-            return Ok(Caller::anonymous());
+            // No keys: the certificate mTLS verified names the caller, with
+            // every scope and no confinement (the CA is the authority); a
+            // loopback server without mTLS serves "anonymous".
+            return Ok(match self.subjects.of(req) {
+                Some(name) => Caller {
+                    name,
+                    tenants: Arc::new([]),
+                },
+                None => Caller::anonymous(),
+            });
         };
         let keys = set.current.load();
         let header = req
@@ -422,11 +434,13 @@ pub struct Refused {
 }
 
 /// Who made a call, for the record of a refusal: the key's name (or
-/// `unauthenticated`) and the peer's address.
+/// `unauthenticated`), the peer's address and its client certificate's
+/// subject under mTLS.
 #[derive(Debug, Clone)]
 pub struct Who {
     pub actor: String,
     pub peer: Option<std::net::SocketAddr>,
+    pub certificate: Option<String>,
 }
 
 pub fn who<T>(req: &Request<T>) -> Who {
@@ -438,6 +452,7 @@ pub fn who<T>(req: &Request<T>) -> Who {
     Who {
         actor,
         peer: req.remote_addr(),
+        certificate: super::peer::subject_of(req),
     }
 }
 

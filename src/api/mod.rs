@@ -9,6 +9,7 @@ pub mod auth;
 pub mod confine;
 pub mod convert;
 pub mod diagnostics;
+pub mod peer;
 pub mod permission;
 pub mod plan;
 pub mod status;
