@@ -384,33 +384,31 @@ impl DecisionLog {
             });
         }
         let context_values = opts.context_values;
-        let spawned = std::thread::Builder::new()
-            .name("decision-log".into())
-            .spawn(move || {
-                let mut buf = Vec::with_capacity(1024);
-                loop {
-                    match rx.try_recv() {
-                        Ok(entry) => {
-                            buf.clear();
-                            if serde_json::to_writer(&mut buf, &entry.line(context_values)).is_ok() {
-                                buf.push(b'\n');
-                                output.write(&buf);
-                            }
-                        }
-                        Err(TryRecvError::Empty) => {
-                            let _ = output.out.flush();
-                            if hup.swap(false, Ordering::Relaxed) {
-                                output.reopen();
-                            }
-                            std::thread::sleep(IDLE);
-                        }
-                        Err(TryRecvError::Disconnected) => {
-                            let _ = output.out.flush();
-                            return;
+        let spawned = std::thread::Builder::new().name("decision-log".into()).spawn(move || {
+            let mut buf = Vec::with_capacity(1024);
+            loop {
+                match rx.try_recv() {
+                    Ok(entry) => {
+                        buf.clear();
+                        if serde_json::to_writer(&mut buf, &entry.line(context_values)).is_ok() {
+                            buf.push(b'\n');
+                            output.write(&buf);
                         }
                     }
+                    Err(TryRecvError::Empty) => {
+                        let _ = output.out.flush();
+                        if hup.swap(false, Ordering::Relaxed) {
+                            output.reopen();
+                        }
+                        std::thread::sleep(IDLE);
+                    }
+                    Err(TryRecvError::Disconnected) => {
+                        let _ = output.out.flush();
+                        return;
+                    }
                 }
-            });
+            }
+        });
         if let Err(error) = spawned {
             return Err(OpenError {
                 path: "(writer thread)".into(),

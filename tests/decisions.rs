@@ -247,8 +247,8 @@ async fn tenants_override_the_shares_for_their_subtrees() {
         .revision;
     let mut p = perm(srv.addr, Some(ROOT)).await;
     for (tenant, subject) in [
-        ("acme", "user:alice"),   // allowed in acme: logged
-        ("acme", "user:mallory"), // denied in acme: the server's 0
+        ("acme", "user:alice"),         // allowed in acme: logged
+        ("acme", "user:mallory"),       // denied in acme: the server's 0
         ("acme/eng/x", "user:mallory"), // denied below acme/eng: logged
     ] {
         p.check_permission(checked_in(tenant, subject, &at)).await.unwrap();
@@ -256,7 +256,9 @@ async fn tenants_override_the_shares_for_their_subtrees() {
     // acme's override removed: back to the server's shares there.
     let at = put_tenant(&mut a, "acme", None).await.unwrap();
     p.check_permission(checked_in("acme", "user:alice", &at)).await.unwrap();
-    p.check_permission(checked_in("acme/eng/x", "user:bob", &at)).await.unwrap();
+    p.check_permission(checked_in("acme/eng/x", "user:bob", &at))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ids: Vec<String> = lines(&path)
         .iter()
@@ -270,10 +272,7 @@ async fn tenants_override_the_shares_for_their_subtrees() {
 
     // GetTenant shows what the tenant set, and only that.
     let t = a
-        .get_tenant(pb::GetTenantRequest {
-            id: "acme/eng".into(),
-            ..Default::default()
-        })
+        .get_tenant(pb::GetTenantRequest { id: "acme/eng".into() })
         .await
         .unwrap()
         .into_inner();

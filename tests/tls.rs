@@ -218,7 +218,11 @@ async fn the_client_certificate_names_the_actor() {
     // No keys, not loopback: refused without mTLS, served with it.
     let mut opts = ServeOptions::for_tests();
     opts.listen = "0.0.0.0:0".parse().unwrap();
-    let e = portcullis::server::start(opts).await.err().expect("refused").to_string();
+    let e = portcullis::server::start(opts)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(e.contains("--client-ca"), "{e}");
     let mut opts = ServeOptions::for_tests();
     opts.listen = "0.0.0.0:0".parse().unwrap();
@@ -259,13 +263,15 @@ async fn the_client_certificate_names_the_actor() {
         [("ops".to_string(), subject.to_string(), "ApplyTenant".to_string())]
     );
     let wrong = connect(srv.addr, Some("wrong")).await.unwrap();
-    assert!(wrong
-        .apply_tenant(pb::ApplyTenantRequest {
-            tenant: Some(tenant("acme")),
-            expected_revision: String::new(),
-        })
-        .await
-        .is_err());
+    assert!(
+        wrong
+            .apply_tenant(pb::ApplyTenantRequest {
+                tenant: Some(tenant("acme")),
+                expected_revision: String::new(),
+            })
+            .await
+            .is_err()
+    );
     let mut refused = Vec::new();
     for _ in 0..100 {
         let r = c

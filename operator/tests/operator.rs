@@ -85,7 +85,17 @@ async fn declared_objects_answer_checks_and_follow_edits() {
     env.start_operator("solo").await;
     let ns = env.ns.clone();
     env.apply_tenant("", tenant_spec(&[&ns])).await;
-    env.apply_tenant("eng", tenant_spec(&[&ns])).await;
+    env.apply_tenant(
+        "eng",
+        TenantSpec {
+            decision_logs: Some(portcullis::manifest::DecisionLogsSpec {
+                sample_allowed: None,
+                sample_denied: Some(0.5),
+            }),
+            ..tenant_spec(&[&ns])
+        },
+    )
+    .await;
     env.apply_role(&ns, "reader", reader(&env, &["documents:read"])).await;
     env.apply_vault(
         &ns,
@@ -121,6 +131,23 @@ async fn declared_objects_answer_checks_and_follow_edits() {
     assert_eq!(
         t.status.unwrap().tenant_id.as_deref(),
         Some(env.tenant_id("eng").as_str())
+    );
+    // The decision-log sampling reached the service as declared.
+    let served = AdminServiceClient::connect(format!("http://{}", env.service_addr))
+        .await
+        .unwrap()
+        .get_tenant(pb::GetTenantRequest {
+            id: env.tenant_id("eng"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        served.decision_logs,
+        Some(pb::DecisionLogSampling {
+            sample_allowed: None,
+            sample_denied: Some(0.5)
+        })
     );
 
     // Each write is audited as done on behalf of the Kubernetes object.

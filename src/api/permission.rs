@@ -166,11 +166,7 @@ impl PermissionApi {
         at: u64,
         now: Timestamp,
     ) {
-        let explanation = if r.explain {
-            None
-        } else {
-            res.explanation.take()
-        };
+        let explanation = if r.explain { None } else { res.explanation.take() };
         let (Some(roll), Some(asked)) = (roll, asked) else {
             return;
         };

@@ -508,7 +508,7 @@ mod tests {
 apiVersion: portcullis.dev/v1alpha1
 kind: Tenant
 metadata: { name: acme.eng }
-spec: { displayName: Engineering, limits: { maxVaults: 3 } }
+spec: { displayName: Engineering, limits: { maxVaults: 3 }, decisionLogs: { sampleDenied: 0.25 } }
 ---
 kind: Role
 metadata: { name: reader }
@@ -544,6 +544,25 @@ spec: { tenant: acme, subject: user:bob, role: reader }
         let t = tenant_of(&metadata.name, spec, &Labels::new()).unwrap();
         assert_eq!(t.id.as_str(), "acme/eng");
         assert_eq!(t.limits.max_vaults, 3);
+        assert_eq!(
+            t.decision_logs,
+            DecisionLogSampling {
+                sample_allowed: None,
+                sample_denied: Some(Share(0.25))
+            }
+        );
+        let bad = TenantSpec {
+            decision_logs: Some(DecisionLogsSpec {
+                sample_allowed: Some(2.0),
+                sample_denied: None,
+            }),
+            ..spec.clone()
+        };
+        let e = tenant_of(&metadata.name, &bad, &Labels::new()).unwrap_err().to_string();
+        assert!(
+            e.contains("spec.decisionLogs.sampleAllowed: a share from 0 to 1"),
+            "{e}"
+        );
         let Document::Role { metadata, spec, .. } = &docs[1] else {
             panic!()
         };
