@@ -114,6 +114,12 @@ pub enum ServiceError {
     /// Too many expensive requests are queued already.
     #[error("the server is busy with {what} requests; retry in {retry_after:?}")]
     Overloaded { what: &'static str, retry_after: Duration },
+    /// The replica's shard does not serve the tenant: the caller routes
+    /// by the shard map and should call the shard that does.
+    #[error(
+        "tenant {tenant} is not served by this shard (it serves {patterns}); call the shard the shard map names for it"
+    )]
+    WrongShard { tenant: String, patterns: String },
     /// The replica has not loaded its index yet.
     #[error("the index is still loading; retry shortly")]
     IndexLoading,
@@ -185,7 +191,8 @@ impl ServiceError {
             | E::VaultRequired { .. }
             | E::DependentsExist { .. }
             | E::RevisionCompacted { .. }
-            | E::RevisionAhead { .. } => Code::FailedPrecondition,
+            | E::RevisionAhead { .. }
+            | E::WrongShard { .. } => Code::FailedPrecondition,
             E::RevisionMismatch { .. } | E::Fenced { .. } => Code::Aborted,
             E::LimitExceeded { .. } | E::RateLimited { .. } | E::Overloaded { .. } => Code::ResourceExhausted,
             E::Unauthenticated { .. } => Code::Unauthenticated,
@@ -225,6 +232,7 @@ impl ServiceError {
             E::ConfinementRoot { .. } => "CONFINEMENT_ROOT",
             E::RateLimited { .. } => "RATE_LIMITED",
             E::Overloaded { .. } => "OVERLOADED",
+            E::WrongShard { .. } => "WRONG_SHARD",
             E::IndexLoading => "INDEX_LOADING",
             E::IndexBehind { .. } => "INDEX_BEHIND",
             E::ShuttingDown => "SHUTTING_DOWN",
@@ -308,6 +316,7 @@ impl ServiceError {
             E::Overloaded { what, .. } => vec![("pool", what.to_string())],
             E::IndexBehind { at, wanted, .. } => vec![("at", s(at)), ("wanted", s(wanted))],
             E::Quarantined { tenant, vault, .. } => vec![("tenant", s(tenant)), ("vault", s(vault))],
+            E::WrongShard { tenant, patterns } => vec![("tenant", s(tenant)), ("shard_tenants", s(patterns))],
             E::Fenced { epoch, current } => vec![("epoch", epoch.to_string()), ("current", current.to_string())],
             _ => Vec::new(),
         }

@@ -22,6 +22,7 @@ use crate::engine::model::Change;
 use crate::error::{Result, ServiceError};
 use crate::repo::{CorruptRecord, Repo, token};
 use crate::telemetry::Metrics;
+pub use portcullis_client::shard::Tenants;
 
 const FEED_PAGE: usize = 1000;
 /// A missed notification (another replica's commit on a shared store) is
@@ -40,6 +41,12 @@ pub struct LiveIndex {
     pub limits: crate::ratelimit::TenantLimits,
     /// The tenants' decision-log sampling, following their specs.
     pub sampling: crate::decisions::TenantSampling,
+    /// The tenants this replica's shard serves (every tenant unless
+    /// sharded); replaced when the shard map moves tenants.
+    tenants: ArcSwap<Tenants>,
+    /// Held while applying the feed or swapping the engine, so a reshard
+    /// never races a catch-up applying to the engine it replaces.
+    applying: std::sync::Mutex<()>,
     /// Since when the store has been ahead of the index; `None` while the
     /// index is caught up. Health turns NOT_SERVING when this grows past
     /// `--max-index-lag`.
@@ -49,8 +56,13 @@ pub struct LiveIndex {
 impl LiveIndex {
     /// Loads everything from the store (blocking).
     pub fn load(repo: Arc<Repo>) -> Result<Arc<LiveIndex>> {
+        Self::load_shard(repo, Tenants::all())
+    }
+
+    /// Loads what a shard serving `tenants` needs (blocking).
+    pub fn load_shard(repo: Arc<Repo>, tenants: Tenants) -> Result<Arc<LiveIndex>> {
         let metrics = repo.metrics().clone();
-        let (engine, version) = Self::build(&repo, &metrics)?;
+        let (engine, version) = Self::build(&repo, &metrics, &tenants)?;
         let index = Arc::new(LiveIndex {
             engine: ArcSwap::from_pointee(engine),
             repo,
@@ -58,6 +70,8 @@ impl LiveIndex {
             caught_up: watch::channel(version).0,
             limits: Default::default(),
             sampling: Default::default(),
+            tenants: ArcSwap::from_pointee(tenants),
+            applying: std::sync::Mutex::new(()),
             behind_since: std::sync::Mutex::new(None),
         });
         index.follow_tenants(&index.engine());
@@ -66,8 +80,8 @@ impl LiveIndex {
         Ok(index)
     }
 
-    fn build(repo: &Repo, metrics: &Metrics) -> Result<(Engine, u64)> {
-        let loaded = repo.load_all()?;
+    fn build(repo: &Repo, metrics: &Metrics, tenants: &Tenants) -> Result<(Engine, u64)> {
+        let loaded = repo.load(tenants)?;
         let engine = Engine::new();
         engine.apply(loaded.version, &loaded.changes);
         for c in &loaded.corrupt {
@@ -81,6 +95,61 @@ impl LiveIndex {
             "index loaded"
         );
         Ok((engine, loaded.version))
+    }
+
+    /// The tenants this replica serves.
+    pub fn tenants(&self) -> arc_swap::Guard<Arc<Tenants>> {
+        self.tenants.load()
+    }
+
+    /// Serves `tenants` from now on (blocking): the index is rebuilt for
+    /// them and replaces the old one whole, so a tenant moved here is
+    /// answered, and one moved away refused, without a restart.
+    pub fn reshard(&self, tenants: Tenants) -> Result<()> {
+        if **self.tenants.load() == tenants {
+            return Ok(());
+        }
+        let (engine, version) = Self::build(&self.repo, &self.metrics, &tenants)?;
+        {
+            let _applying = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+            // Brought up to the old index's revision first, so no answer
+            // ever goes back in time; until the swap the old index answers.
+            let upto = self.revision();
+            let mut from = version;
+            while from < upto {
+                let (entries, _) = self.repo.read_feed(from, FEED_PAGE)?;
+                let Some(last) = entries.last().map(|e| e.version) else {
+                    break;
+                };
+                for e in entries.iter().filter(|e| e.version <= upto) {
+                    let changes: Vec<Change> = e.changes.iter().filter(|c| Self::wants(&tenants, c)).cloned().collect();
+                    engine.apply(e.version, &changes);
+                    for c in &e.corrupt {
+                        quarantine(&engine, &self.metrics, c);
+                    }
+                }
+                from = last;
+            }
+            engine.apply(upto.max(version), &[]);
+            self.follow_tenants(&engine);
+            self.engine.store(Arc::new(engine));
+            self.tenants.store(Arc::new(tenants));
+            if version > upto {
+                self.caught_up.send_replace(version);
+            }
+        }
+        self.catch_up()?;
+        Ok(())
+    }
+
+    /// Whether a change belongs in this shard's index.
+    fn wants(tenants: &Tenants, c: &Change) -> bool {
+        if tenants.is_all() {
+            return true;
+        }
+        let scope = c.scope();
+        let t = scope.tenant.as_str();
+        tenants.serves(t) || (scope.vault.is_none() && tenants.is_above(t))
     }
 
     /// Rebuilds what follows the tenants' specs: rate-limit buckets and
@@ -107,6 +176,7 @@ impl LiveIndex {
     /// Applies the feed after the current revision (blocking). Returns the
     /// new revision.
     pub fn catch_up(&self) -> Result<u64> {
+        let _applying = self.applying.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let from = self.revision();
             if self.repo.log_floor()? > from + 1 {
@@ -115,13 +185,19 @@ impl LiveIndex {
                     revision = from,
                     "the changelog was compacted past this replica's index; reloading"
                 );
-                let (engine, version) = Self::build(&self.repo, &self.metrics)?;
+                let (engine, version) = Self::build(&self.repo, &self.metrics, &self.tenants.load())?;
                 self.follow_tenants(&engine);
                 self.engine.store(Arc::new(engine));
                 self.caught_up.send_replace(version);
                 continue;
             }
-            let (entries, upto) = self.repo.read_feed(from, FEED_PAGE)?;
+            let (mut entries, upto) = self.repo.read_feed(from, FEED_PAGE)?;
+            let tenants = self.tenants.load();
+            if !tenants.is_all() {
+                for e in &mut entries {
+                    e.changes.retain(|c| Self::wants(&tenants, c));
+                }
+            }
             let full = entries.len() == FEED_PAGE;
             let engine = self.engine.load();
             let tenants_changed = entries.iter().any(|e| {

@@ -208,7 +208,12 @@ pub async fn verify_vault(repo: &Arc<Repo>, index: &Arc<LiveIndex>, t: &TenantId
 }
 
 async fn verify(repo: &Arc<Repo>, index: &Arc<LiveIndex>, metrics: &Metrics, sample: usize) -> Result<usize> {
-    let vaults = repo.call(|r| r.all_vaults()).await?;
+    let mut vaults = repo.call(|r| r.all_vaults()).await?;
+    // A shard's index holds only its tenants' vaults: those are the ones
+    // it can be wrong about.
+    let tenants = index.tenants();
+    vaults.retain(|v| tenants.serves(v.tenant.as_str()));
+    drop(tenants);
     let mut divergent = 0;
     let picks: Vec<&Vault> = if vaults.len() <= sample {
         vaults.iter().collect()

@@ -63,6 +63,38 @@ pub struct ServeOptions {
     pub expensive_concurrency: usize,
     pub expensive_queue: usize,
     pub decision_log: crate::decisions::DecisionLogOptions,
+    pub shard: ShardOptions,
+}
+
+/// Which tenants a replica serves.
+#[derive(Debug, Clone, Default)]
+pub enum ShardOptions {
+    /// Every tenant: not sharded.
+    #[default]
+    All,
+    /// These patterns, fixed for the process's life (`--tenants`).
+    Tenants(crate::index::Tenants),
+    /// The patterns the shard map names for this shard (`--shard-map FILE
+    /// --shard NAME`), re-read every `reload_interval`: a tenant moved
+    /// between shards in the map is served by its new shard without a
+    /// restart.
+    Map { path: std::path::PathBuf, name: String },
+}
+
+impl ShardOptions {
+    /// The patterns in force now.
+    fn tenants(&self) -> Result<crate::index::Tenants, String> {
+        match self {
+            ShardOptions::All => Ok(crate::index::Tenants::all()),
+            ShardOptions::Tenants(t) => Ok(t.clone()),
+            ShardOptions::Map { path, name } => {
+                let map = portcullis_client::shard::ShardMap::load(path)?;
+                map.shard(name)
+                    .map(|s| s.tenants.clone())
+                    .ok_or_else(|| format!("{}: no shard named {name:?}", path.display()))
+            }
+        }
+    }
 }
 
 impl ServeOptions {
@@ -85,6 +117,7 @@ impl ServeOptions {
             expensive_concurrency: 1,
             expensive_queue: 64,
             decision_log: Default::default(),
+            shard: ShardOptions::All,
         }
     }
 }
@@ -111,6 +144,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, error: std::io::Error },
     #[error("cannot install a signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("--shard-map: {0}")]
+    ShardMap(String),
 }
 
 /// A started server.
@@ -192,6 +227,38 @@ fn reloaded<E: std::fmt::Display>(metrics: &Metrics, what: &str, files: &str, r:
     }
 }
 
+/// Re-reads the shard map every `every`, until shutdown, and reloads the
+/// index when this shard's patterns changed. A map that cannot be read, or
+/// no longer names the shard, leaves the patterns in force as they were.
+fn spawn_resharder(
+    index: Arc<LiveIndex>,
+    shard: ShardOptions,
+    every: Duration,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let (i, s, m) = (index.clone(), shard.clone(), metrics.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                let r = s.tenants().and_then(|t| {
+                    if **i.tenants() == t {
+                        return Ok(false);
+                    }
+                    tracing::info!(tenants = %t, "the shard map moved tenants; reloading the index for them");
+                    i.reshard(t).map(|()| true).map_err(|e| e.to_string())
+                });
+                reloaded(&m, "shard_map", "the shard map", r);
+            })
+            .await;
+        }
+    })
+}
+
 /// Re-reads the keys file and the TLS files every `every`, until shutdown.
 fn spawn_reloader(
     keys: crate::api::auth::Keys,
@@ -240,6 +307,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
             tracing::warn!(metrics = %m, "metrics are exposed beyond loopback on a server without API keys");
         }
     }
+    let tenants = opts.shard.tenants().map_err(StartError::ShardMap)?;
     let tls = match &opts.tls {
         Some(files) => Some(TlsReloader::new(files.clone())?),
         None => None,
@@ -373,11 +441,12 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
         let (state, health, repo, jobs_opts) = (state.clone(), health.clone(), repo.clone(), opts.jobs.clone());
         let max_index_lag = opts.max_index_lag;
         let shutdown_rx = shutdown_rx.clone();
+        let (shard, reload_every) = (opts.shard.clone(), opts.reload_interval);
         background.push(tokio::spawn(async move {
             let r = repo.clone();
             let index = loop {
-                let r = r.clone();
-                match tokio::task::spawn_blocking(move || LiveIndex::load(r)).await {
+                let (r, t) = (r.clone(), tenants.clone());
+                match tokio::task::spawn_blocking(move || LiveIndex::load_shard(r, t)).await {
                     Ok(Ok(index)) => break index,
                     Ok(Err(e)) => tracing::error!(error = %e, "loading the index failed; retrying"),
                     Err(e) => tracing::error!(error = %e, "loading the index failed; retrying"),
@@ -394,6 +463,15 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
             }
             tracing::info!("serving");
             let lag = spawn_lag_monitor(index.clone(), health, max_index_lag, shutdown_rx.clone());
+            let resharder = matches!(shard, ShardOptions::Map { .. }).then(|| {
+                spawn_resharder(
+                    index.clone(),
+                    shard,
+                    reload_every,
+                    state.metrics.clone(),
+                    shutdown_rx.clone(),
+                )
+            });
             let jobs = jobs::spawn(
                 repo,
                 index,
@@ -406,6 +484,9 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
             let _ = tailer.await;
             let _ = jobs.await;
             let _ = lag.await;
+            if let Some(r) = resharder {
+                let _ = r.await;
+            }
         }));
     }
 

@@ -31,6 +31,8 @@ pub enum Reason {
     TenantOutsideKey,
     ConfinementRoot,
     VaultQuarantined,
+    /// The replica's shard does not serve the tenant ([`crate::shard`]).
+    WrongShard,
     IndexLoading,
     IndexBehind,
     ShuttingDown,
@@ -71,6 +73,7 @@ const REASONS: &[(&str, Reason)] = &[
     ("TENANT_OUTSIDE_KEY", Reason::TenantOutsideKey),
     ("CONFINEMENT_ROOT", Reason::ConfinementRoot),
     ("VAULT_QUARANTINED", Reason::VaultQuarantined),
+    ("WRONG_SHARD", Reason::WrongShard),
     ("INDEX_LOADING", Reason::IndexLoading),
     ("INDEX_BEHIND", Reason::IndexBehind),
     ("SHUTTING_DOWN", Reason::ShuttingDown),

@@ -10,6 +10,7 @@
 //! - `list_all_*` read every page of a list.
 //! - [`Write`] is one step of applying manifest documents; [`Client::apply`]
 //!   runs them in order.
+//! - [`shard::Router`] routes calls by tenant over a sharded installation.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), portcullis_client::Error> {
@@ -28,6 +29,7 @@ mod connect;
 mod error;
 mod pages;
 mod retry;
+pub mod shard;
 
 pub use apply::{Applied, ApplyError, Write};
 pub use connect::{Authed, Bearer, Config};

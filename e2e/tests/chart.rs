@@ -47,6 +47,10 @@ const VARIANTS: &[Variant] = &[
         set: &["webhook.enabled=false"],
     },
     Variant {
+        name: "two shards",
+        set: SHARDS,
+    },
+    Variant {
         name: "tls",
         set: &[
             "service.tls.enabled=true",
@@ -54,6 +58,15 @@ const VARIANTS: &[Variant] = &[
             "service.tls.clientCASecretName=clients-ca",
         ],
     },
+];
+
+const SHARDS: &[&str] = &[
+    "shards[0].name=big",
+    "shards[0].tenants[0]=acme/**",
+    "shards[0].tenants[1]=globex",
+    "shards[0].replicas=2",
+    "shards[1].name=rest",
+    "shards[1].tenants[0]=**",
 ];
 
 fn args<'a>(base: &[&'a str], set: &'a [&'a str]) -> Vec<&'a str> {
@@ -287,6 +300,60 @@ fn chart_lints_and_renders_every_variant() {
         false,
     );
     assert!(!out.status.success(), "a bad sha256 is refused");
+}
+
+#[test]
+fn shards_render_one_deployment_and_service_each_with_their_map() {
+    let Some(helm) = helm() else { return };
+    let docs = render(&helm, SHARDS, &[]);
+    assert!(
+        find(&docs, "Deployment", "rel-portcullis").is_none(),
+        "no unsharded workload"
+    );
+    for (name, replicas) in [("big", 2), ("rest", 3)] {
+        let d = find(&docs, "Deployment", &format!("rel-portcullis-{name}")).expect("a Deployment per shard");
+        assert_eq!(d["spec"]["replicas"].as_i64(), Some(replicas), "{name}");
+        assert_eq!(
+            d["spec"]["selector"]["matchLabels"]["portcullis.dev/shard"].as_str(),
+            Some(name)
+        );
+        let args: Vec<&str> = d["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        assert!(args.contains(&format!("--shard={name}").as_str()), "{args:?}");
+        assert!(args.contains(&"--shard-map=/etc/portcullis/shards/shards.yaml"));
+        let svc = find(&docs, "Service", &format!("rel-portcullis-{name}")).expect("a Service per shard");
+        assert_eq!(svc["spec"]["selector"]["portcullis.dev/shard"].as_str(), Some(name));
+    }
+    assert!(
+        find(&docs, "Service", "rel-portcullis").is_some(),
+        "admin calls reach any shard"
+    );
+    // The map the replicas and the callers read is one the client parses,
+    // routing each tenant to its shard's Service.
+    let cm = find(&docs, "ConfigMap", "rel-portcullis-shards").expect("the shard map");
+    let map = portcullis_client::shard::ShardMap::parse(cm["data"]["shards.yaml"].as_str().unwrap()).unwrap();
+    let big = map.route("acme/eng").unwrap();
+    assert_eq!(
+        (big.name.as_str(), big.address.as_str()),
+        ("big", "http://rel-portcullis-big.portcullis.svc:50051")
+    );
+    assert_eq!(map.route("globex").unwrap().name, "big");
+    assert_eq!(map.route("initech").unwrap().name, "rest");
+    // Shards share one store: the embedded one cannot be shared.
+    let chart = chart();
+    let mut a = args(&["template", "rel", chart.to_str().unwrap()], SHARDS);
+    a.extend_from_slice(&["--set", "store.type=embedded"]);
+    let out = run(&helm, &a, &[], None, false);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("shards need store.type foundationdb"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

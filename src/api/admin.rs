@@ -656,8 +656,18 @@ impl AdminService for AdminApi {
         super::audit::refusals_audited(&self.state, SVC, "PlanChanges", who, async {
             let caller = auth::caller(&request)?;
             caller.require_all(&request.get_ref().tenant_fields())?;
-            let r = request.into_inner();
             let index = self.state.index()?.clone();
+            // A plan is computed on this shard's index: every tenant it
+            // names must be served here. Validation alone reads no index,
+            // so the webhook may ask any shard.
+            if !request.get_ref().validate_only {
+                for (_, tenant) in request.get_ref().tenant_fields() {
+                    if !tenant.is_empty() {
+                        super::served(&index, tenant)?;
+                    }
+                }
+            }
+            let r = request.into_inner();
             // Planning can touch whole lineages: the bounded pool.
             let plan = self
                 .state

@@ -54,9 +54,15 @@ impl DiagnosticsService for DiagnosticsApi {
                         })
                         .collect()
                 };
+                let tenants = index.tenants();
                 Ok(Response::new(pb::GetServerInfoResponse {
                     quarantined,
                     recent_jobs,
+                    shard_tenants: if tenants.is_all() {
+                        Vec::new()
+                    } else {
+                        tenants.patterns()
+                    },
                     version: env!("CARGO_PKG_VERSION").to_string(),
                     store_id: self.state.store_id.clone(),
                     store_backend: self.state.repo.store.backend().to_string(),

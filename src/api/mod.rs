@@ -162,6 +162,20 @@ pub fn rate(index: &LiveIndex, tenant: &str, kind: crate::ratelimit::Kind, n: u3
     })
 }
 
+/// FAILED_PRECONDITION, reason WRONG_SHARD, unless this replica's shard
+/// serves `tenant`: its index holds nothing of the others.
+pub fn served(index: &LiveIndex, tenant: &str) -> std::result::Result<(), Status> {
+    let tenants = index.tenants();
+    if tenants.serves(tenant) {
+        return Ok(());
+    }
+    Err(ServiceError::WrongShard {
+        tenant: tenant.to_string(),
+        patterns: tenants.to_string(),
+    }
+    .into())
+}
+
 /// Validates a tenant id field before anything else looks at it.
 pub fn tenant_field(field: &str, s: &str) -> std::result::Result<(), Status> {
     crate::engine::ids::check_tenant_id(s).map_err(|rule| Status::from(ServiceError::invalid(field, rule)))

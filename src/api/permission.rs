@@ -142,6 +142,7 @@ impl PermissionApi {
         // request, first thing in each handler.
         tenant_field("tenant", tenant)?;
         let index = self.state.index()?;
+        super::served(index, tenant)?;
         self.state.consistency(index, consistency).await?;
         Ok((index, index.revision()))
     }

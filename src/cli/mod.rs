@@ -169,6 +169,19 @@ pub struct ServeArgs {
     /// Rotate the decision log file before it passes this many bytes (the old one becomes FILE.1).
     #[arg(long, env = "PORTCULLIS_DECISION_LOG_MAX_BYTES", default_value_t = 100 << 20)]
     pub decision_log_max_bytes: u64,
+    /// Serve only these tenants (a shard): comma-separated `TENANT` (that
+    /// tenant), `TENANT/**` (its subtree) or `**`. Other tenants' checks get
+    /// FAILED_PRECONDITION, reason WRONG_SHARD. Default: every tenant.
+    #[arg(long, env = "PORTCULLIS_TENANTS", conflicts_with = "shard_map")]
+    pub tenants: Option<crate::index::Tenants>,
+    /// A shard map (YAML: shards with name, address, tenants) naming this
+    /// replica's tenants under `--shard`; re-read every --reload-interval,
+    /// so tenants move between shards without a restart.
+    #[arg(long, env = "PORTCULLIS_SHARD_MAP", requires = "shard")]
+    pub shard_map: Option<PathBuf>,
+    /// This replica's shard in `--shard-map`.
+    #[arg(long, env = "PORTCULLIS_SHARD", requires = "shard_map")]
+    pub shard: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -235,6 +248,14 @@ impl ServeArgs {
                 context_values: self.decision_log_context == ContextLogging::Values,
                 max_bytes: self.decision_log_max_bytes,
                 ..Default::default()
+            },
+            shard: match (&self.tenants, &self.shard_map, &self.shard) {
+                (Some(t), _, _) => crate::server::ShardOptions::Tenants(t.clone()),
+                (None, Some(path), Some(name)) => crate::server::ShardOptions::Map {
+                    path: path.clone(),
+                    name: name.clone(),
+                },
+                _ => crate::server::ShardOptions::All,
             },
         })
     }

@@ -62,46 +62,94 @@ pub fn append_changelog(tx: &mut dyn Transaction, actor: &Actor, logged: &[Logge
     Ok(())
 }
 
+/// Rows per transaction when loading the index.
+const LOAD_CHUNK: usize = 10_000;
+
 impl Repo {
     /// Everything in the store as changes, for building an index, the
     /// records that could not be read, and the version it was read at.
     /// Tailing the feed from that version afterwards repairs anything a
     /// chunked read missed (changes are idempotent).
     pub fn load_all(&self) -> Result<Loaded> {
-        const CHUNK: usize = 10_000;
+        self.load(&portcullis_client::shard::Tenants::all())
+    }
+
+    /// Every object the index of a shard serving `tenants` needs: all of
+    /// each served tenant's, and the tenant-level objects of the tenants
+    /// above them (their grants and suspension reach down). Each tenant is
+    /// read by its own prefixes, so a shard reads what it holds, not the
+    /// whole store.
+    pub fn load(&self, tenants: &portcullis_client::shard::Tenants) -> Result<Loaded> {
         let version = self.current_version()?;
         let mut out = Loaded {
             changes: Vec::new(),
             corrupt: Vec::new(),
             version,
         };
-        for (kind, prefix) in [
-            ("t", ks::tenants()),
-            ("v", ks::all_vaults()),
-            ("r", ks::all_roles()),
-            ("b", ks::all_bindings()),
-            ("m", ks::all_memberships()),
-        ] {
-            // Each chunk is its own short transaction; what changes between
-            // chunks is replayed from the feed.
-            self.in_chunks(&prefix, CHUNK, |rows| {
+        let prefixes = |all: Vec<u8>| vec![all];
+        let (t, v, r, b, m) = if tenants.is_all() {
+            (
+                prefixes(ks::tenants()),
+                prefixes(ks::all_vaults()),
+                prefixes(ks::all_roles()),
+                prefixes(ks::all_bindings()),
+                prefixes(ks::all_memberships()),
+            )
+        } else {
+            // The tenants first: which are served, which only above.
+            let mut ids = Vec::new();
+            self.in_chunks(&ks::tenants(), LOAD_CHUNK, |rows| {
                 for (k, val) in rows {
-                    let change = match kind {
-                        "t" => decode(k, val).map(|x| Change::PutTenant(x.0)),
-                        "v" => decode(k, val).map(|x| Change::PutVault(x.0)),
-                        "r" => decode(k, val).map(|x| Change::PutRole(x.0)),
-                        "b" => decode(k, val).map(|x| Change::PutBinding(x.0)),
-                        _ => decode(k, val).map(|x| Change::PutMembership(x.0)),
-                    };
-                    match change {
-                        Ok(c) => out.changes.push(c),
-                        // One bad record must not stop the index: its scope
-                        // is quarantined, everything else loads.
+                    match decode::<Tenant>(k, val) {
+                        Ok((t, _)) if tenants.serves(t.id.as_str()) || tenants.is_above(t.id.as_str()) => {
+                            ids.push(t.id.clone());
+                            out.changes.push(Change::PutTenant(t));
+                        }
+                        Ok(_) => {}
                         Err(e) => out.corrupt.push(CorruptRecord::of_key(k, e.to_string())),
                     }
                 }
                 Ok(())
             })?;
+            let (mut v, mut r, mut b, mut m) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for id in &ids {
+                let t = id.as_str();
+                if tenants.serves(t) {
+                    v.push(ks::vaults(t));
+                    r.push(ks::roles_of_tenant(t));
+                    b.push(ks::bindings_of_tenant(t));
+                    m.push(ks::memberships_of_tenant(t));
+                } else {
+                    r.push(ks::roles(t, None));
+                    b.push(ks::bindings(t, None));
+                    m.push(ks::memberships(t, None));
+                }
+            }
+            (Vec::new(), v, r, b, m)
+        };
+        for (kind, list) in [("t", t), ("v", v), ("r", r), ("b", b), ("m", m)] {
+            for prefix in list {
+                // Each chunk is its own short transaction; what changes
+                // between chunks is replayed from the feed.
+                self.in_chunks(&prefix, LOAD_CHUNK, |rows| {
+                    for (k, val) in rows {
+                        let change = match kind {
+                            "t" => decode(k, val).map(|x| Change::PutTenant(x.0)),
+                            "v" => decode(k, val).map(|x| Change::PutVault(x.0)),
+                            "r" => decode(k, val).map(|x| Change::PutRole(x.0)),
+                            "b" => decode(k, val).map(|x| Change::PutBinding(x.0)),
+                            _ => decode(k, val).map(|x| Change::PutMembership(x.0)),
+                        };
+                        match change {
+                            Ok(c) => out.changes.push(c),
+                            // One bad record must not stop the index: its
+                            // scope is quarantined, everything else loads.
+                            Err(e) => out.corrupt.push(CorruptRecord::of_key(k, e.to_string())),
+                        }
+                    }
+                    Ok(())
+                })?;
+            }
         }
         Ok(out)
     }

@@ -113,6 +113,10 @@ pub fn membership(t: &str, vault: Option<&str>, group: &str, member: &str) -> Ve
 pub fn memberships(t: &str, vault: Option<&str>) -> Vec<u8> {
     root().str("m").str(t).str(v(vault)).into_vec()
 }
+/// Every membership record of a tenant, tenant-wide and in its vaults.
+pub fn memberships_of_tenant(t: &str) -> Vec<u8> {
+    root().str("m").str(t).into_vec()
+}
 pub fn memberships_of_group(t: &str, vault: Option<&str>, group: &str) -> Vec<u8> {
     root().str("m").str(t).str(v(vault)).str(group).into_vec()
 }

@@ -133,7 +133,7 @@ impl Transaction for MemTx<'_> {
         let want = if opts.limit == 0 {
             usize::MAX
         } else {
-            opts.limit + self.overlay.len() + 1
+            opts.limit.saturating_add(self.overlay.len()).saturating_add(1)
         };
         let iter: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = if opts.reverse {
             Box::new(self.snapshot.range(bounds.clone()).rev())
