@@ -13,12 +13,9 @@
 //! just that part.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use portcullis::engine::Change;
-use portcullis::engine::dataset::{Dataset, Rng, Shape};
-use portcullis::engine::model::Source;
-use portcullis::repo::Repo;
+use std::time::Duration;
+
 use portcullis::server::ServeOptions;
 use portcullis_proto::v1 as pb;
 use portcullis_proto::v1::diagnostics_service_client::DiagnosticsServiceClient;
@@ -30,117 +27,8 @@ use tonic::transport::Channel;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Loads the dataset through the repository, as the Admin API would, in
-/// batches of the API's size.
-fn load(repo: &Repo, ds: &Dataset) {
-    let mut bindings = Vec::new();
-    let mut memberships = Vec::new();
-    for c in &ds.changes {
-        match c {
-            Change::PutTenant(t) => {
-                repo.apply_tenant(
-                    &portcullis::audit::Actor::new("bench", "apply_tenant"),
-                    t.clone(),
-                    None,
-                    None,
-                )
-                .expect("tenant");
-            }
-            Change::PutVault(v) => {
-                repo.apply_vault(&portcullis::audit::Actor::new("bench", "apply_vault"), v.clone(), None)
-                    .expect("vault");
-            }
-            Change::PutRole(r) => {
-                repo.apply_role(&portcullis::audit::Actor::new("bench", "apply_role"), r.clone(), None)
-                    .expect("role");
-            }
-            Change::PutBinding(b) => bindings.push(b.clone()),
-            Change::PutMembership(m) => memberships.push(m.clone()),
-            _ => {}
-        }
-    }
-    let mut by_scope: std::collections::BTreeMap<(String, Option<String>), Vec<_>> = Default::default();
-    for m in memberships {
-        by_scope
-            .entry((m.tenant.to_string(), m.vault.as_ref().map(|v| v.to_string())))
-            .or_default()
-            .push(m);
-    }
-    for ((_, _), ms) in by_scope {
-        for chunk in ms.chunks(1000) {
-            let (t, v) = (chunk[0].tenant.clone(), chunk[0].vault.clone());
-            repo.write_memberships(
-                &portcullis::audit::Actor::new("bench", "write_memberships"),
-                &t,
-                v.as_ref(),
-                chunk,
-                &[],
-                None::<Source>,
-            )
-            .expect("memberships");
-        }
-    }
-    for chunk in bindings.chunks(1000) {
-        repo.write_bindings(
-            &portcullis::audit::Actor::new("bench", "write_bindings"),
-            &ds.tenant,
-            Some(&ds.vault),
-            chunk,
-            &[],
-            None,
-        )
-        .expect("bindings");
-    }
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1e3)
-}
-
-struct Figures {
-    rps: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-async fn measure<F, Fut>(concurrency: usize, seconds: u64, make: F) -> Figures
-where
-    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for w in 0..concurrency {
-        let make = make.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut i = w * 1_000_003;
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                make(i).await;
-                lat.push(t.elapsed());
-                i += 1;
-            }
-            lat
-        }));
-    }
-    let start = Instant::now();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.expect("worker"));
-    }
-    let elapsed = start.elapsed();
-    all.sort_unstable();
-    Figures {
-        rps: all.len() as f64 / elapsed.as_secs_f64(),
-        p50: pct(&all, 0.5),
-        p99: pct(&all, 0.99),
-    }
-}
+mod support;
+use support::{Org10k, measure, ms};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -156,57 +44,16 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let ds = Arc::new(Dataset::generate(Shape::ORG_10K, 42));
-        let srv = portcullis::server::start(ServeOptions {
+        let Org10k {
+            srv,
+            ds,
+            channels,
+            queries,
+        } = Org10k::serve(ServeOptions {
             metrics_listen: None,
             ..ServeOptions::for_tests()
         })
-        .await
-        .expect("server");
-        srv.ready().await;
-        let t0 = Instant::now();
-        let repo = srv.state.repo.clone();
-        let d2 = ds.clone();
-        tokio::task::spawn_blocking(move || load(&repo, &d2))
-            .await
-            .expect("load");
-        // Wait for the index to catch up with the load.
-        let index = srv.state.index().expect("index").clone();
-        let rev = srv.state.repo.current_version().expect("version");
-        index.wait_for(rev, Duration::from_secs(120)).await.expect("caught up");
-        println!(
-            "loaded org-10k through the repository in {:.1}s",
-            t0.elapsed().as_secs_f64()
-        );
-
-        // Several connections, as a client pool would have.
-        let mut channels: Vec<Channel> = Vec::new();
-        for _ in 0..4 {
-            channels.push(
-                tonic::transport::Endpoint::from_shared(format!("http://{}", srv.addr))
-                    .expect("endpoint")
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .expect("connect"),
-            );
-        }
-        let mut rng = Rng::new(9);
-        let queries: Arc<Vec<pb::CheckPermissionRequest>> = Arc::new(
-            (0..100_000)
-                .map(|_| {
-                    let q = ds.query(&mut rng);
-                    pb::CheckPermissionRequest {
-                        tenant: ds.tenant.to_string(),
-                        vault: ds.vault.to_string(),
-                        subject: q.subject,
-                        action: q.action,
-                        resource: q.resource,
-                        ..Default::default()
-                    }
-                })
-                .collect(),
-        );
+        .await;
         let payload = vec![b'x'; queries[0].encoded_len()];
         println!(
             "CheckPermission request {} bytes, Echo payload {} bytes; {seconds}s per measurement",
@@ -214,11 +61,22 @@ fn main() {
             payload.len()
         );
         println!(
-            "{:<14} {:>12} {:>11} {:>11}   {:>12} {:>11} {:>11}   {:>6}",
-            "concurrency", "check/s", "check p50", "check p99", "echo/s", "echo p50", "echo p99", "ratio"
+            "{:<12} {:>9} {:>10} {:>10} {:>10} {:>10}   {:>9} {:>10} {:>10} {:>10} {:>10}   {:>6}",
+            "concurrency",
+            "check/s",
+            "p50",
+            "p99",
+            "p99.9",
+            "max",
+            "echo/s",
+            "p50",
+            "p99",
+            "p99.9",
+            "max",
+            "ratio"
         );
         if args.iter().any(|a| a == "--decision-logs") {
-            decision_logs(&ds, &queries, seconds, &channels).await;
+            decision_logs(&queries, seconds, &channels).await;
             srv.shutdown().await;
             return;
         }
@@ -243,14 +101,18 @@ fn main() {
             })
             .await;
             println!(
-                "{:<14} {:>12.0} {:>11} {:>11}   {:>12.0} {:>11} {:>11}   {:>5.0}%",
+                "{:<12} {:>9.0} {:>10} {:>10} {:>10} {:>10}   {:>9.0} {:>10} {:>10} {:>10} {:>10}   {:>5.0}%",
                 c,
                 check.rps,
                 ms(check.p50),
                 ms(check.p99),
+                ms(check.p999),
+                ms(check.max),
                 echo.rps,
                 ms(echo.p50),
                 ms(echo.p99),
+                ms(echo.p999),
+                ms(echo.max),
                 check.rps * 100.0 / echo.rps
             );
         }
@@ -331,15 +193,14 @@ fn main() {
 /// CheckPermission at concurrency 16 with decision logs off (the server
 /// above) and with every decision logged to a file (a second server with
 /// the same data), in five back-to-back pairs so drift hits both.
-async fn decision_logs(
-    ds: &Arc<Dataset>,
-    queries: &Arc<Vec<pb::CheckPermissionRequest>>,
-    seconds: u64,
-    off: &[Channel],
-) {
+async fn decision_logs(queries: &Arc<Vec<pb::CheckPermissionRequest>>, seconds: u64, off: &[Channel]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("decisions.log");
-    let logged = portcullis::server::start(ServeOptions {
+    let Org10k {
+        srv: logged,
+        channels: on,
+        ..
+    } = Org10k::serve(ServeOptions {
         metrics_listen: None,
         decision_log: portcullis::decisions::DecisionLogOptions {
             sink: portcullis::decisions::Sink::File(path.clone()),
@@ -350,28 +211,7 @@ async fn decision_logs(
         },
         ..ServeOptions::for_tests()
     })
-    .await
-    .expect("server");
-    logged.ready().await;
-    let repo = logged.state.repo.clone();
-    let d2 = ds.clone();
-    tokio::task::spawn_blocking(move || load(&repo, &d2))
-        .await
-        .expect("load");
-    let index = logged.state.index().expect("index").clone();
-    let rev = logged.state.repo.current_version().expect("version");
-    index.wait_for(rev, Duration::from_secs(120)).await.expect("caught up");
-    let mut on: Vec<Channel> = Vec::new();
-    for _ in 0..4 {
-        on.push(
-            tonic::transport::Endpoint::from_shared(format!("http://{}", logged.addr))
-                .expect("endpoint")
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .expect("connect"),
-        );
-    }
+    .await;
     let run = |chs: Vec<Channel>| {
         let qs = queries.clone();
         measure(16, seconds, move |i| {

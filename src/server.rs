@@ -227,6 +227,26 @@ fn reloaded<E: std::fmt::Display>(metrics: &Metrics, what: &str, files: &str, r:
     }
 }
 
+/// Runs `f` on the blocking pool every `every`, until shutdown. Polling,
+/// not inotify: Kubernetes updates a mounted Secret or ConfigMap by
+/// swapping a symlink to a new directory, which file watches on the old
+/// paths miss; reading every few seconds catches every change.
+fn spawn_polling(
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    f: impl Fn() + Clone + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let _ = tokio::task::spawn_blocking(f.clone()).await;
+        }
+    })
+}
+
 /// Re-reads the shard map every `every`, until shutdown, and reloads the
 /// index when this shard's patterns changed. A map that cannot be read, or
 /// no longer names the shard, leaves the patterns in force as they were.
@@ -235,27 +255,17 @@ fn spawn_resharder(
     shard: ShardOptions,
     every: Duration,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+    spawn_polling(every, shutdown, move || {
+        let r = shard.tenants().and_then(|t| {
+            if **index.tenants() == t {
+                return Ok(false);
             }
-            let (i, s, m) = (index.clone(), shard.clone(), metrics.clone());
-            let _ = tokio::task::spawn_blocking(move || {
-                let r = s.tenants().and_then(|t| {
-                    if **i.tenants() == t {
-                        return Ok(false);
-                    }
-                    tracing::info!(tenants = %t, "the shard map moved tenants; reloading the index for them");
-                    i.reshard(t).map(|()| true).map_err(|e| e.to_string())
-                });
-                reloaded(&m, "shard_map", "the shard map", r);
-            })
-            .await;
-        }
+            tracing::info!(tenants = %t, "the shard map moved tenants; reloading the index for them");
+            index.reshard(t).map(|()| true).map_err(|e| e.to_string())
+        });
+        reloaded(&metrics, "shard_map", "the shard map", r);
     })
 }
 
@@ -265,25 +275,12 @@ fn spawn_reloader(
     tls: Option<Arc<TlsReloader>>,
     every: Duration,
     metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    // Polling, not inotify: Kubernetes updates a mounted Secret by swapping a
-    // symlink to a new directory, which file watches on the old paths miss;
-    // a content hash every few seconds catches every rotation.
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-            let (k, t, m) = (keys.clone(), tls.clone(), metrics.clone());
-            let _ = tokio::task::spawn_blocking(move || {
-                reloaded(&m, "keys", "API keys file", k.reload());
-                if let Some(t) = t {
-                    reloaded(&m, "tls", "TLS files", t.reload());
-                }
-            })
-            .await;
+    spawn_polling(every, shutdown, move || {
+        reloaded(&metrics, "keys", "API keys file", keys.reload());
+        if let Some(t) = &tls {
+            reloaded(&metrics, "tls", "TLS files", t.reload());
         }
     })
 }
