@@ -157,6 +157,8 @@ async fn under_writes(o: &Org10k, seconds: u64) {
                 };
                 let (ch, mut b) = (ch.clone(), template.clone());
                 b.id = format!("bench-w{i}");
+                // Spread over the dataset's users, as real grants are.
+                b.subject = format!("user:u{}", i % 10_000);
                 let (tenant, vault) = (tenant.clone(), vault.clone());
                 i += 1;
                 tasks.push(tokio::spawn(async move {
@@ -202,6 +204,17 @@ async fn under_writes(o: &Org10k, seconds: u64) {
     let during = checks(chs, qs, 16, seconds, false).await;
     stop.store(true, Ordering::Relaxed);
     let (mut visible, took) = writer.await.expect("writer");
+    let retries: String = o
+        .srv
+        .metrics()
+        .render()
+        .lines()
+        .filter(|l| {
+            l.starts_with("portcullis_store_retries_total") || l.starts_with("portcullis_store_transactions_total")
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    println!("store: {retries}");
     visible.sort_unstable();
     println!("\nCheckPermission at concurrency 16, {seconds}s each, read-only and during single-binding writes");
     println!(

@@ -88,7 +88,7 @@ impl Repo {
             viol.check(format!("deletes[{i}]"), ids::check_binding_id(id));
         }
         viol.into_result()?;
-        self.run(|tx| {
+        self.write(t.as_str(), |tx| {
             scope_required(tx, t, v, "bindings")?;
             let mut changes = Vec::new();
             let mut added: i64 = 0;

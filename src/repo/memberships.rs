@@ -30,7 +30,7 @@ impl Repo {
         }
         viol.into_result()?;
         let keep: BTreeSet<(&str, &str)> = upserts.iter().map(|m| (m.group.as_str(), m.member.as_str())).collect();
-        self.run(|tx| {
+        self.write(t.as_str(), |tx| {
             scope_required(tx, t, v, "memberships")?;
             let mut changes = Vec::new();
             let (mut up, mut del) = (0u32, 0u32);

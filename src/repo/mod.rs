@@ -224,7 +224,14 @@ pub struct Repo {
     /// Bounds the threads store transactions may occupy.
     pool: Pool,
     metrics: Arc<Metrics>,
+    /// This replica's writes to one tenant take turns (striped by tenant):
+    /// every write of a tenant reads and moves its audit chain's head, so
+    /// concurrent ones would conflict and retry with backoff, each retry
+    /// redoing the whole write. Replicas still race each other, rarely.
+    writers: [std::sync::Mutex<()>; WRITE_STRIPES],
 }
+
+const WRITE_STRIPES: usize = 64;
 
 impl Repo {
     /// A repository counting into metrics of its own.
@@ -239,6 +246,7 @@ impl Repo {
             store,
             pool: Pool::new("store", 32, 4096, metrics.pool_rejected.with_label_values(&["store"])),
             metrics,
+            writers: std::array::from_fn(|_| std::sync::Mutex::new(())),
         }
     }
 
@@ -258,6 +266,18 @@ impl Repo {
 
     fn run<T>(&self, body: impl FnMut(&mut dyn Transaction) -> Result<T>) -> Result<(T, u64)> {
         store::run(&*self.store, &self.metrics.store, body)
+    }
+
+    /// [`Repo::run`] for a write to `tenant`'s objects, after this
+    /// replica's other writes to it (see `writers`).
+    fn write<T>(&self, tenant: &str, body: impl FnMut(&mut dyn Transaction) -> Result<T>) -> Result<(T, u64)> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        tenant.hash(&mut h);
+        let _turn = self.writers[h.finish() as usize % WRITE_STRIPES]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.run(body)
     }
 
     /// The store's id, created on first use.

@@ -5,7 +5,7 @@ use super::*;
 impl Repo {
     pub fn apply_role(&self, actor: &Actor, r: Role, expected: Option<u64>) -> Result<Applied<Role>> {
         validate::role(&r)?;
-        let (res, version) = self.run(|tx| {
+        let (res, version) = self.write(r.tenant.as_str(), |tx| {
             let key = ks::role(r.tenant.as_str(), vs(r.vault.as_ref()), r.name.as_str());
             let existing = read_existing::<Role>(tx, &key)?;
             expect_revision(&format!("role {}", r.name), expected, existing.revision())?;
@@ -70,7 +70,7 @@ impl Repo {
         name: &RoleName,
         expected: Option<u64>,
     ) -> Result<u64> {
-        let (_, version) = self.run(|tx| {
+        let (_, version) = self.write(t.as_str(), |tx| {
             let key = ks::role(t.as_str(), vs(v), name.as_str());
             let existing = read_existing::<Role>(tx, &key)?;
             if !existing.exists() {

@@ -88,7 +88,7 @@ impl Repo {
         confinement: Option<&Confinement>,
     ) -> Result<Applied<Tenant>> {
         validate::tenant(&t)?;
-        let (r, version) = self.run(|tx| {
+        let (r, version) = self.write(t.id.as_str(), |tx| {
             let key = ks::tenant(t.id.as_str());
             let existing = read_existing::<Tenant>(tx, &key)?;
             expect_revision(&format!("tenant {}", t.id), expected, existing.revision())?;
@@ -188,7 +188,7 @@ impl Repo {
         expected: Option<u64>,
         confinement: Option<&Confinement>,
     ) -> Result<u64> {
-        let (_, version) = self.run(|tx| {
+        let (_, version) = self.write(id.as_str(), |tx| {
             let key = ks::tenant(id.as_str());
             let existing = read_existing::<Tenant>(tx, &key)?;
             if !existing.exists() {

@@ -5,7 +5,7 @@ use super::*;
 impl Repo {
     pub fn apply_vault(&self, actor: &Actor, v: Vault, expected: Option<u64>) -> Result<Applied<Vault>> {
         validate::vault(&v)?;
-        let (r, version) = self.run(|tx| {
+        let (r, version) = self.write(v.tenant.as_str(), |tx| {
             let key = ks::vault(v.tenant.as_str(), v.name.as_str());
             let existing = read_existing::<Vault>(tx, &key)?;
             expect_revision(
@@ -52,7 +52,7 @@ impl Repo {
     }
 
     pub fn delete_vault(&self, actor: &Actor, t: &TenantId, name: &VaultName, expected: Option<u64>) -> Result<u64> {
-        let (_, version) = self.run(|tx| {
+        let (_, version) = self.write(t.as_str(), |tx| {
             let key = ks::vault(t.as_str(), name.as_str());
             let existing = read_existing::<Vault>(tx, &key)?;
             if !existing.exists() {
