@@ -265,3 +265,44 @@ async fn audit_list_verify_and_export() {
     assert!(!ok && out.contains("--since"), "{out}");
     srv.shutdown().await;
 }
+
+/// Completions and the man page come from the clap definitions, so every
+/// command and flag is in them.
+#[test]
+fn completions_and_the_man_page_are_generated() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completion", "bash"]);
+    assert!(
+        bash.contains("_portcullis()") && bash.contains("--shard-map") && bash.contains("audit"),
+        "bash"
+    );
+    let fish = run(&["completion", "fish"]);
+    assert!(
+        fish.contains("complete -c portcullis") && fish.contains("decision-log"),
+        "fish"
+    );
+    let zsh = run(&["completion", "zsh"]);
+    assert!(zsh.starts_with("#compdef portcullis"), "zsh");
+    let man = run(&["man"]);
+    assert!(
+        man.contains(".TH portcullis") && man.contains("serve"),
+        "{}",
+        &man[..man.len().min(300)]
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["completion", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("tcsh"));
+}

@@ -77,6 +77,14 @@ pub enum Command {
         /// The secret.
         secret: String,
     },
+    /// Print a shell completion script: `source <(portcullis completion bash)`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from these definitions:
+    /// `portcullis man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -442,6 +450,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Audit(a) => return audit::run(a).await,
         Command::HashKey { secret } => {
             println!("{}", Keys::hash(&secret));
+            Ok(())
+        }
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "portcullis", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(())
         }
     };
