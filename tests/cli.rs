@@ -137,6 +137,26 @@ async fn apply_check_export_import() {
 
     let (ok, out) = cli(&ep, &["health"]);
     assert!(ok && out.contains("SERVING"), "{out}");
+    // A refusal prints its reason and each field violation on a line.
+    let (ok, out) = cli(
+        &ep,
+        &[
+            "check",
+            "--tenant",
+            "acme",
+            "--vault",
+            "docs",
+            "--subject",
+            "no colon",
+            "--action",
+            "documents:read",
+            "--resource",
+            "document:a",
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("\n  reason: INVALID_ARGUMENT"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("  subject: ")), "{out}");
     let (ok, out) = cli(&ep, &["hash-key", "test"]);
     assert!(
         ok && out.trim() == "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",

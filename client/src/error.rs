@@ -186,6 +186,25 @@ impl Error {
         self.0.retry_after
     }
 
+    /// The error for a person at a terminal: the code, the message, the
+    /// reason with what it names, and each field violation on its own line.
+    pub fn report(&self) -> String {
+        let mut out = format!("{:?}: {}", self.0.code, self.0.message);
+        let mut named: Vec<_> = self.0.metadata.iter().collect();
+        named.sort();
+        out.push_str(&format!("\n  reason: {}", self.0.reason));
+        for (k, v) in named {
+            out.push_str(&format!(" {k}={v}"));
+        }
+        for v in &self.0.violations {
+            out.push_str(&format!("\n  {}: {}", v.field, v.description));
+        }
+        if let Some(d) = self.0.retry_after {
+            out.push_str(&format!("\n  retry after {d:?}"));
+        }
+        out
+    }
+
     /// Whether the server could not be reached or could not serve now
     /// (retrying later may succeed), rather than refusing the request.
     pub fn is_unavailable(&self) -> bool {

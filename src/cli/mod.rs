@@ -430,6 +430,26 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Runs a command; the exit code says how it went (commands that only
 /// succeed or fail use 0 and, through the error, 1).
+/// An error as the command line prints it: a server's refusal with its
+/// reason and field violations one per line, anything else with its causes.
+pub fn report(e: &anyhow::Error) -> String {
+    match e.chain().find_map(|c| c.downcast_ref::<portcullis_client::Error>()) {
+        Some(c) => {
+            let context: Vec<String> = e
+                .chain()
+                .take_while(|x| x.downcast_ref::<portcullis_client::Error>().is_none())
+                .map(|x| x.to_string())
+                .collect();
+            if context.is_empty() {
+                c.report()
+            } else {
+                format!("{}: {}", context.join(": "), c.report())
+            }
+        }
+        None => format!("{e:#}"),
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let done = match cli.command {
         Command::Serve(args) => {
