@@ -327,6 +327,11 @@ fn shards_render_one_deployment_and_service_each_with_their_map() {
         assert!(args.contains(&"--shard-map=/etc/portcullis/shards/shards.yaml"));
         let svc = find(&docs, "Service", &format!("rel-portcullis-{name}")).expect("a Service per shard");
         assert_eq!(svc["spec"]["selector"]["portcullis.dev/shard"].as_str(), Some(name));
+        let pdb = find(&docs, "PodDisruptionBudget", &format!("rel-portcullis-{name}")).expect("a budget per shard");
+        assert_eq!(
+            pdb["spec"]["selector"]["matchLabels"]["portcullis.dev/shard"].as_str(),
+            Some(name)
+        );
     }
     assert!(
         find(&docs, "Service", "rel-portcullis").is_some(),
