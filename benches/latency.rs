@@ -245,11 +245,7 @@ fn main() {
         (false, false) => (true, true),
         x => x,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = support::runtime();
     rt.block_on(async move {
         let o = Org10k::serve(ServeOptions {
             metrics_listen: None,

@@ -118,12 +118,8 @@ impl TenantSampling {
         }
         let mut shares = base;
         // Root first, so each nearer tenant's share replaces its ancestor's.
-        let ends = tenant
-            .match_indices('/')
-            .map(|(i, _)| i)
-            .chain(std::iter::once(tenant.len()));
-        for end in ends {
-            if let Some(d) = set.get(&tenant[..end]) {
+        for prefix in crate::engine::ids::lineage_prefixes(tenant) {
+            if let Some(d) = set.get(prefix) {
                 if let Some(s) = d.sample_allowed {
                     shares.allowed = s.0;
                 }

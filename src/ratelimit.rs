@@ -175,13 +175,8 @@ impl TenantLimits {
             return Ok(());
         }
         let mut taken: smallvec::SmallVec<[&Arc<Limiter>; 8]> = smallvec::SmallVec::new();
-        // The tenant itself, then each ancestor: every '/' ends a prefix.
-        let ends = tenant
-            .match_indices('/')
-            .map(|(i, _)| i)
-            .chain(std::iter::once(tenant.len()));
-        for end in ends {
-            let prefix = &tenant[..end];
+        // The tenant and each ancestor.
+        for prefix in crate::engine::ids::lineage_prefixes(tenant) {
             let Some((id, l)) = map.get_key_value(prefix) else {
                 continue;
             };

@@ -18,8 +18,9 @@ async fn serve(log: DecisionLogOptions) -> portcullis::server::Running {
     .await
 }
 
-async fn with_binding(srv: &portcullis::server::Running) -> String {
-    let mut a = admin(srv.addr, None).await;
+/// acme/docs with alice bound to reader, written with `token`.
+async fn with_binding(srv: &portcullis::server::Running, token: Option<&str>) -> String {
+    let mut a = admin(srv.addr, token).await;
     seed(&mut a).await;
     a.write_bindings(pb::WriteBindingsRequest {
         tenant: "acme".into(),
@@ -82,7 +83,7 @@ async fn every_sampled_check_is_one_line_with_what_decided() {
         ..Default::default()
     })
     .await;
-    let at = with_binding(&srv).await;
+    let at = with_binding(&srv, None).await;
     let mut p = perm(srv.addr, None).await;
     let mut allowed = checked("user:alice", &at, Some(("mfa", true)));
     allowed.metadata_mut().insert("x-request-id", "req-1".parse().unwrap());
@@ -134,7 +135,7 @@ async fn sampling_values_and_drops() {
         ..Default::default()
     })
     .await;
-    let at = with_binding(&srv).await;
+    let at = with_binding(&srv, None).await;
     let mut p = perm(srv.addr, None).await;
     for _ in 0..50 {
         p.check_permission(checked("user:alice", &at, None)).await.unwrap();
@@ -221,16 +222,8 @@ async fn tenants_override_the_shares_for_their_subtrees() {
         ..ServeOptions::for_tests()
     })
     .await;
+    with_binding(&srv, Some(ROOT)).await;
     let mut a = admin(srv.addr, Some(ROOT)).await;
-    seed(&mut a).await;
-    a.write_bindings(pb::WriteBindingsRequest {
-        tenant: "acme".into(),
-        vault: "docs".into(),
-        upserts: vec![binding("alice-reads", "user:alice", "reader")],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
     // acme logs every allowed check; acme/eng every denied one; acme/eng/x
     // sets nothing and inherits both, each from its nearest ancestor.
     put_tenant(&mut a, "acme", sampling(Some(1.0), None)).await.unwrap();

@@ -238,3 +238,36 @@ async fn a_bad_shard_configuration_is_refused_at_start() {
     let e = portcullis::server::start(o).await.err().expect("refused").to_string();
     assert!(e.contains("no shard named \"b\""), "{e}");
 }
+
+/// The client's copy of the tenant-id rule and of subtree matching agrees
+/// with the server's.
+#[test]
+fn the_client_reads_tenant_ids_as_the_server_does() {
+    use portcullis::engine::ids::{check_tenant_id, is_tenant_within};
+    use portcullis_client::shard::Tenants;
+    for id in [
+        "acme",
+        "acme/eng",
+        "a/b/c/d/e/f/g/h",
+        "a/b/c/d/e/f/g/h/i",
+        "Acme",
+        "acme//x",
+        "-a",
+        "a-",
+        "x_y",
+        "",
+        "acme/eng ",
+        "0",
+        &"a".repeat(63),
+        &"a".repeat(64),
+    ] {
+        // Through the map, whose patterns are taken as written (the
+        // `--tenants` list trims the spaces around its commas).
+        let map = ShardMap::parse(&format!("shards:\n  - {{name: a, tenants: ['{id}']}}\n"));
+        assert_eq!(map.is_ok(), check_tenant_id(id).is_ok(), "{id:?}");
+    }
+    let sub = Tenants::parse("acme/**").unwrap();
+    for t in ["acme", "acme/eng", "acmeco", "acme2/x", "globex"] {
+        assert_eq!(sub.serves(t), is_tenant_within(t, "acme"), "{t}");
+    }
+}

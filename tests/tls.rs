@@ -36,6 +36,20 @@ fn pki() -> Pki {
     }
 }
 
+/// The server's files of `p` in `dir`, requiring client certificates.
+fn mtls_files(dir: &std::path::Path, p: &Pki) -> TlsFiles {
+    let write = |name: &str, s: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, s).unwrap();
+        path
+    };
+    TlsFiles {
+        cert: write("server.pem", &p.server.0),
+        key: write("server.key", &p.server.1),
+        client_ca: Some(write("ca.pem", &p.ca)),
+    }
+}
+
 async fn info(endpoint: Endpoint) -> Result<pb::GetServerInfoResponse, String> {
     let ch = endpoint.connect().await.map_err(|e| format!("connect: {e}"))?;
     DiagnosticsServiceClient::new(ch)
@@ -49,17 +63,7 @@ async fn info(endpoint: Endpoint) -> Result<pb::GetServerInfoResponse, String> {
 async fn tls_and_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki();
-    let write = |name: &str, s: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, s).unwrap();
-        path
-    };
-    let ca = write("ca.pem", &p.ca);
-    let tls = TlsFiles {
-        cert: write("server.pem", &p.server.0),
-        key: write("server.key", &p.server.1),
-        client_ca: Some(ca),
-    };
+    let tls = mtls_files(dir.path(), &p);
     let mut opts = ServeOptions::for_tests();
     opts.tls = Some(tls);
     let srv = start(opts).await;
@@ -180,16 +184,7 @@ async fn the_client_certificate_names_the_actor() {
     use portcullis_client::{Client, Config};
     let dir = tempfile::tempdir().unwrap();
     let p = pki();
-    let write = |name: &str, s: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, s).unwrap();
-        path
-    };
-    let tls = TlsFiles {
-        cert: write("server.pem", &p.server.0),
-        key: write("server.key", &p.server.1),
-        client_ca: Some(write("ca.pem", &p.ca)),
-    };
+    let tls = mtls_files(dir.path(), &p);
     let subject = "CN=client, O=acme";
     let connect = |addr: std::net::SocketAddr, token: Option<&str>| {
         Config::new(format!("https://localhost:{}", addr.port()))

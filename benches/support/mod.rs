@@ -14,6 +14,16 @@ use portcullis::server::{Running, ServeOptions};
 use portcullis_proto::v1 as pb;
 use tonic::transport::Channel;
 
+/// The benchmarks' runtime: two workers, as the machine has two cores,
+/// shared by the server and the load generator.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// A server loaded with org-10k, connections to it, and 100,000 checks
 /// drawn from the dataset.
 pub struct Org10k {

@@ -44,6 +44,9 @@ pub struct Tenants {
     patterns: Vec<Pattern>,
 }
 
+// The server's own rules live in its engine, which the client must not pull
+// in; these two copies are held to them by
+// `tests/shards.rs::the_client_reads_tenant_ids_as_the_server_does`.
 fn within(tenant: &str, prefix: &str) -> bool {
     tenant == prefix
         || (tenant.len() > prefix.len() && tenant.starts_with(prefix) && tenant.as_bytes()[prefix.len()] == b'/')

@@ -246,6 +246,17 @@ impl TenantId {
     }
 }
 
+/// The tenant's lineage as prefixes of its id, root first and the tenant
+/// last (`acme`, `acme/eng`), without allocating: for the per-request
+/// lookups of inherited settings (rate limits, decision-log sampling).
+pub fn lineage_prefixes(tenant: &str) -> impl Iterator<Item = &str> {
+    tenant
+        .match_indices('/')
+        .map(|(i, _)| i)
+        .chain(std::iter::once(tenant.len()))
+        .map(move |end| &tenant[..end])
+}
+
 /// Path-prefix test on raw strings, shared with API-key confinement.
 pub fn is_tenant_within(tenant: &str, prefix: &str) -> bool {
     tenant == prefix
