@@ -5,6 +5,13 @@
 //! build time, index memory (bytes held by the engine, measured with a
 //! counting allocator), single-thread Check latency percentiles, and the time
 //! to apply one incremental binding or membership write.
+//!
+//! `cargo bench --bench engine -- reverse` times the reverse lookups in the
+//! engine alone, on org-10k with a subject reached by 10,000 bindings (see
+//! `Dataset::hot_group`): lookup resources and a page of effective
+//! permissions for it, and lookup-subjects pages through a resource its
+//! group's 5,000 members reach. The gRPC figures are `cargo bench --bench
+//! latency -- --lookups`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -152,6 +159,77 @@ fn run(name: &str, shape: Shape, queries: usize) {
     println!();
 }
 
+/// Median and maximum of `n` runs of `f`.
+fn timed<T>(n: usize, mut f: impl FnMut(usize) -> T) -> (Duration, Duration) {
+    let mut t: Vec<Duration> = (0..n)
+        .map(|i| {
+            let s = Instant::now();
+            std::hint::black_box(f(i));
+            s.elapsed()
+        })
+        .collect();
+    t.sort_unstable();
+    (pct(&t, 0.5), *t.last().expect("runs"))
+}
+
+fn reverse() {
+    println!("== reverse lookups on org-10k with group:hot (10,000 bindings, 5,001 members)");
+    let ds = Dataset::generate(Shape::ORG_10K, 42);
+    let engine = Engine::new();
+    engine.apply(1, &ds.changes);
+    engine.apply(2, &ds.hot_group(10_000, 5_000));
+    let view = engine.view(ds.tenant.as_str(), ds.vault.as_str()).expect("vault");
+    let now = Timestamp::now();
+    let row = |name: &str, (p50, max): (Duration, Duration), what: String| {
+        println!("{name:<30} p50 {:>8}  max {:>8}  ({what})", fmt(p50), fmt(max));
+    };
+    let f = view.resource_filter("user:hot", "documents:read", now);
+    row(
+        "lookup resources:",
+        timed(30, |_| view.resource_filter("user:hot", "documents:read", now)),
+        format!("{} grants", f.grants.len() + f.conditional_grants.len()),
+    );
+    let first = view.effective_page("user:hot", now, None, 1000);
+    let cursor = first.next.clone();
+    row(
+        "effective, first page:",
+        timed(30, |_| view.effective_page("user:hot", now, None, 1000)),
+        format!("{} statements", first.statements.len()),
+    );
+    row(
+        "effective, second page:",
+        timed(30, |_| view.effective_page("user:hot", now, cursor.as_ref(), 1000)),
+        "1000 statements".into(),
+    );
+    let page = |after: Option<&str>| {
+        portcullis::engine::lookup_subjects_in(
+            &view,
+            "documents:read",
+            "document:f0/s0/file0.txt",
+            now,
+            portcullis::engine::PageRequest { after, limit: 100 },
+        )
+    };
+    let mut cursors = vec![None];
+    loop {
+        match page(cursors.last().cloned().flatten().as_deref()).next_cursor {
+            Some(c) => cursors.push(Some(c)),
+            None => break,
+        }
+    }
+    row(
+        "lookup subjects, first page:",
+        timed(30, |_| page(None)),
+        format!("{} pages of 100", cursors.len()),
+    );
+    row(
+        "lookup subjects, later pages:",
+        timed(30, |i| page(cursors[i % cursors.len()].as_deref())),
+        "each page in turn".into(),
+    );
+    println!();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let want = |n: &str| args.is_empty() || args.iter().any(|a| n.contains(a.as_str()));
@@ -160,5 +238,8 @@ fn main() {
     }
     if want("org-1m") {
         run("org-1m", Shape::ORG_1M, 500_000);
+    }
+    if args.iter().any(|a| a == "reverse") {
+        reverse();
     }
 }

@@ -1,8 +1,8 @@
 //! Latency over gRPC on loopback against org-10k, beside the echo
 //! baseline of the same stack.
 //!
-//! `cargo bench --bench latency -- [--seconds N] [--tail] [--writes]`
-//! (both parts when neither is named).
+//! `cargo bench --bench latency -- [--seconds N] [--tail] [--writes] [--lookups]`
+//! (every part when none is named).
 //!
 //! - `--tail`: at concurrency 1, for `--seconds` (default 30) each: a
 //!   CheckPermission (small response), the same checks with explanations (a
@@ -15,6 +15,12 @@
 //!   Prints both check p99s and their ratio (target ≤ 1.5×), and the
 //!   write-to-visible time: from sending a write to a check that asks for
 //!   that write (`at_least_as_fresh`) being answered (target p99 ≤ 5 ms).
+//! - `--lookups`: the reverse lookups at concurrency 1, for a subject
+//!   reached by 10,000 bindings (a user in a group holding them):
+//!   LookupResources and GetEffectivePermissions for it, and LookupSubjects
+//!   paged through a resource every dataset user can reach, first page and
+//!   every later page (target ≤ 5 ms each), each beside an Echo of its
+//!   response's size.
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -234,6 +240,172 @@ async fn under_writes(o: &Org10k, seconds: u64) {
     );
 }
 
+/// Bindings held by `group:hot` (see `Dataset::hot_group`): a subject
+/// reached by 10,000 bindings, in a group of 5,000 members.
+const HOT_BINDINGS: usize = 10_000;
+const HOT_MEMBERS: usize = 5_000;
+
+async fn lookups(o: &Org10k, seconds: u64) {
+    let chs = &o.channels;
+    let (tenant, vault) = (o.ds.tenant.to_string(), o.ds.vault.to_string());
+    let mut admin = AdminServiceClient::new(chs[0].clone());
+    let (mut hot, mut members) = (Vec::new(), Vec::new());
+    for c in o.ds.hot_group(HOT_BINDINGS, HOT_MEMBERS) {
+        match c {
+            Change::PutBinding(b) => hot.push(portcullis::api::convert::binding_to(&b)),
+            Change::PutMembership(m) => members.push(portcullis::api::convert::membership_to(&m)),
+            _ => {}
+        }
+    }
+    for chunk in hot.chunks(1000) {
+        admin
+            .write_bindings(pb::WriteBindingsRequest {
+                tenant: tenant.clone(),
+                vault: vault.clone(),
+                upserts: chunk.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("hot bindings");
+    }
+    let mut written = String::new();
+    for chunk in members.chunks(1000) {
+        written = admin
+            .write_memberships(pb::WriteMembershipsRequest {
+                tenant: tenant.clone(),
+                vault: vault.clone(),
+                upserts: chunk.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("hot memberships")
+            .into_inner()
+            .written_at;
+    }
+    let fresh = Some(pb::Consistency {
+        requirement: Some(pb::consistency::Requirement::AtLeastAsFresh(written)),
+    });
+    let client = |ch: &Channel| {
+        PermissionServiceClient::new(ch.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    };
+    let resources = pb::LookupResourcesRequest {
+        tenant: tenant.clone(),
+        vault: vault.clone(),
+        subject: "user:hot".into(),
+        action: "documents:read".into(),
+        consistency: fresh.clone(),
+    };
+    let effective = pb::GetEffectivePermissionsRequest {
+        tenant: tenant.clone(),
+        vault: vault.clone(),
+        subject: "user:hot".into(),
+        consistency: fresh.clone(),
+        ..Default::default()
+    };
+    // A resource in the first folder: the dataset's folder-wide and
+    // namespace-wide grants reach many of its users.
+    let (t2, v2, f2) = (tenant.clone(), vault.clone(), fresh.clone());
+    let subjects = move |token: String| pb::LookupSubjectsRequest {
+        tenant: t2.clone(),
+        vault: v2.clone(),
+        action: "documents:read".into(),
+        resource: "document:f0/s0/file0.txt".into(),
+        page_size: 100,
+        page_token: token,
+        consistency: f2.clone(),
+    };
+    let mut p = client(&chs[0]);
+    // Warm: the first lookup after a write may build what later ones reuse.
+    p.lookup_subjects(subjects(String::new()))
+        .await
+        .expect("lookup subjects");
+    let r = p
+        .lookup_resources(resources.clone())
+        .await
+        .expect("lookup resources")
+        .into_inner();
+    // Every page of effective permissions, to ask for each in turn.
+    let mut e_tokens = vec![String::new()];
+    let (mut statements, mut eb) = (0, 0);
+    loop {
+        let mut req = effective.clone();
+        req.page_token = e_tokens.last().cloned().unwrap_or_default();
+        let page = p.get_effective_permissions(req).await.expect("effective").into_inner();
+        statements += page.statements.len();
+        eb = eb.max(page.encoded_len());
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        e_tokens.push(page.next_page_token);
+    }
+    // Every page's token, to ask for each page in turn.
+    let mut tokens = vec![String::new()];
+    let mut reached = 0;
+    let mut page_bytes = 0;
+    loop {
+        let page = p
+            .lookup_subjects(subjects(tokens.last().cloned().unwrap_or_default()))
+            .await
+            .expect("lookup subjects")
+            .into_inner();
+        reached += page.subjects.len();
+        page_bytes = page_bytes.max(page.encoded_len());
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        tokens.push(page.next_page_token);
+    }
+    println!(
+        "\nreverse lookups at concurrency 1, {seconds}s each: user:hot reached by {HOT_BINDINGS} bindings through group:hot \
+         ({} grants; {statements} effective statements in {} pages of 1000); LookupSubjects reaches {reached} subjects in {} pages of 100",
+        r.grants.len() + r.conditional_grants.len(),
+        e_tokens.len(),
+        tokens.len()
+    );
+    println!(
+        "{:<34} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "", "req/s", "p50", "p99", "p99.9", "max"
+    );
+    let rb = r.encoded_len();
+    let run = |name: &'static str| {
+        let chs = chs.to_vec();
+        let (resources, effective, tokens, e_tokens) =
+            (resources.clone(), effective.clone(), tokens.clone(), e_tokens.clone());
+        let subjects = subjects.clone();
+        measure(1, seconds, move |i| {
+            let mut c = client(&chs[i % chs.len()]);
+            let resources = resources.clone();
+            let mut effective = effective.clone();
+            effective.page_token = e_tokens[i % e_tokens.len()].clone();
+            // Later pages only: a page past the first must not cost a rescan.
+            let later = subjects(tokens[(1 + i % tokens.len().saturating_sub(1).max(1)).min(tokens.len() - 1)].clone());
+            let first = subjects(String::new());
+            async move {
+                match name {
+                    "resources" => drop(c.lookup_resources(resources).await.expect("lookup resources")),
+                    "effective" => drop(c.get_effective_permissions(effective).await.expect("effective")),
+                    "first" => drop(c.lookup_subjects(first).await.expect("first page")),
+                    _ => drop(c.lookup_subjects(later).await.expect("later page")),
+                }
+            }
+        })
+    };
+    row("LookupResources", &run("resources").await);
+    row(&format!("Echo {rb} B"), &echo(chs, 1, seconds, rb).await);
+    row("GetEffectivePermissions, a page", &run("effective").await);
+    row(&format!("Echo {eb} B"), &echo(chs, 1, seconds, eb).await);
+    row("LookupSubjects, first page", &run("first").await);
+    if tokens.len() > 1 {
+        row("LookupSubjects, a later page", &run("later").await);
+    }
+    row(
+        &format!("Echo {page_bytes} B"),
+        &echo(chs, 1, seconds, page_bytes).await,
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let seconds: Option<u64> = args
@@ -241,8 +413,9 @@ fn main() {
         .position(|a| a == "--seconds")
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok());
-    let (want_tail, want_writes) = match (args.iter().any(|a| a == "--tail"), args.iter().any(|a| a == "--writes")) {
-        (false, false) => (true, true),
+    let named = |f: &str| args.iter().any(|a| a == f);
+    let (want_tail, want_writes, want_lookups) = match (named("--tail"), named("--writes"), named("--lookups")) {
+        (false, false, false) => (true, true, true),
         x => x,
     };
     let rt = support::runtime();
@@ -257,6 +430,9 @@ fn main() {
         }
         if want_writes {
             under_writes(&o, seconds.unwrap_or(10)).await;
+        }
+        if want_lookups {
+            lookups(&o, seconds.unwrap_or(5)).await;
         }
         o.srv.shutdown().await;
     });

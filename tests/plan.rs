@@ -87,6 +87,7 @@ async fn effective(client: &Client, at: &str) -> BTreeMap<String, BTreeSet<Vec<u
                 consistency: Some(pb::Consistency {
                     requirement: Some(pb::consistency::Requirement::AtLeastAsFresh(at.into())),
                 }),
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -12,8 +12,8 @@ use super::{AppState, auth, rate, tenant_field};
 use crate::decisions::Roll;
 use crate::engine::cost::CHECK_BUDGET;
 use crate::engine::{
-    CheckItem, CheckResult, EntryOutcome, Explanation, PageRequest, Possibility, RequestContext, ResourceRule, RoleKey,
-    Timestamp, check_bulk_in, lookup_subjects_in,
+    CheckItem, CheckResult, EffectiveCursor, EntryOutcome, Explanation, PageRequest, Possibility, RequestContext,
+    ResourceRule, RoleKey, Timestamp, check_bulk_in, lookup_subjects_in,
 };
 use crate::error::ServiceError;
 use crate::ratelimit::Kind;
@@ -428,24 +428,53 @@ impl PermissionService for PermissionApi {
                 let caller = auth::caller(&request)?;
                 caller.require_all(&request.get_ref().tenant_fields())?;
                 let r = request.into_inner();
+                let after = match r.page_token.as_str() {
+                    "" => None,
+                    t => match hex::decode(t)
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .and_then(|s| EffectiveCursor::decode(&s))
+                    {
+                        Some(c) => Some(c),
+                        None => {
+                            let mut v = crate::engine::Violations::new();
+                            v.push("page_token", "must be a page token returned by the previous page");
+                            return Err(v.into());
+                        }
+                    },
+                };
+                let limit = page_limit(r.page_size);
                 let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
                 rate(index, &r.tenant, Kind::Checks, 1)?;
                 let (index, tenant, vault, subject) =
                     (index.clone(), r.tenant.clone(), r.vault.clone(), r.subject.clone());
-                let eff = self
+                let page = self
                     .state
                     .expensive(move || {
-                        index
-                            .engine()
-                            .effective_permissions(&tenant, &vault, &subject, Timestamp::now())
+                        index.engine().effective_page(
+                            &tenant,
+                            &vault,
+                            &subject,
+                            Timestamp::now(),
+                            after.as_ref(),
+                            limit,
+                        )
                     })
                     .await??;
-                let statements = eff.iter().map(effective_to).collect();
                 Ok(Response::new(pb::GetEffectivePermissionsResponse {
-                    statements,
+                    statements: page.statements.iter().map(effective_to).collect(),
                     checked_at: token(at),
+                    next_page_token: page.next.map(|c| hex::encode(c.encode())).unwrap_or_default(),
                 }))
             })
             .await
+    }
+}
+
+/// A requested page size: 0 means the largest page.
+fn page_limit(requested: u32) -> usize {
+    match requested as usize {
+        0 => MAX_PAGE,
+        n => n.min(MAX_PAGE),
     }
 }

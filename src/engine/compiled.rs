@@ -40,7 +40,8 @@ pub struct CompiledStatement {
     pub resources: PatternSet,
     pub condition: Option<CompiledCondition>,
     pub origin: StatementOrigin,
-    pub source: Statement,
+    /// Shared: every effective-permissions entry of the statement holds it.
+    pub source: Arc<Statement>,
 }
 
 /// Statements indexed by action: exact action patterns in a hash table
@@ -194,6 +195,6 @@ pub fn compile_statement(s: &Statement, origin: StatementOrigin, conditions: &mu
         resources: PatternSet::compile(&s.resources, true),
         condition: s.condition.as_deref().map(|c| conditions.get(c)),
         origin,
-        source: s.clone(),
+        source: Arc::new(s.clone()),
     }
 }

@@ -295,6 +295,46 @@ impl Dataset {
         })
     }
 
+    /// A subject reached by many bindings, for the reverse-lookup
+    /// benchmarks: `group:hot` holds `bindings` bindings (the dataset's
+    /// roles in turn, each limited to one sub-folder) and has `user:hot` and
+    /// `members` others (`user:hot0`...) as members.
+    pub fn hot_group(&self, bindings: usize, members: usize) -> Vec<Change> {
+        let group = Subject::parse("group:hot").expect("valid");
+        let folders = self.shape.folders;
+        let mut out: Vec<Change> = (0..bindings)
+            .map(|i| {
+                Change::PutBinding(Binding {
+                    id: format!("hot{i}"),
+                    tenant: self.tenant.clone(),
+                    vault: Some(self.vault.clone()),
+                    subject: group.clone(),
+                    grant: Grant::Role(RoleName::parse(&format!("role-{}", i % self.shape.roles)).expect("valid")),
+                    scope: vec![format!("document:f{}/s{}/*", i % folders, (i / folders) % 5)],
+                    condition: None,
+                    not_before: None,
+                    expires_at: None,
+                    labels: Labels::new(),
+                    source: Source::Api,
+                })
+            })
+            .collect();
+        out.extend(
+            std::iter::once("user:hot".to_string())
+                .chain((0..members).map(|i| format!("user:hot{i}")))
+                .map(|m| {
+                    Change::PutMembership(Membership {
+                        tenant: self.tenant.clone(),
+                        vault: Some(self.vault.clone()),
+                        group: group.clone(),
+                        member: Subject::parse(&m).expect("valid"),
+                        source: Source::Api,
+                    })
+                }),
+        );
+        out
+    }
+
     /// One more membership, as an incremental write would add it.
     pub fn extra_membership(&self, rng: &mut Rng) -> Change {
         Change::PutMembership(Membership {

@@ -61,8 +61,8 @@ pub use condition::{Condition, ConditionError, RequestContext};
 pub use ids::{FieldViolation, RoleName, Subject, TenantId, VaultName, Violations};
 pub use model::*;
 pub use view::{
-    CheckResult, EffectiveStatement, EntryOutcome, ExplainEntry, Explanation, Possibility, Reason, ResourceFilter,
-    ResourceRule, VaultView,
+    CheckResult, EffectiveCursor, EffectivePage, EffectiveStatement, EntryOutcome, ExplainEntry, Explanation,
+    Possibility, Reason, ResourceFilter, ResourceRule, VaultView,
 };
 
 use catalog::Catalog;
@@ -470,6 +470,22 @@ impl Engine {
         v.check("subject", ids::check_subject(subject));
         v.into_result().map_err(EngineError::Invalid)?;
         Ok(self.view(tenant, vault)?.effective(subject, now))
+    }
+
+    /// A page of [`effective_permissions`](Self::effective_permissions).
+    pub fn effective_page(
+        &self,
+        tenant: &str,
+        vault: &str,
+        subject: &str,
+        now: Timestamp,
+        after: Option<&EffectiveCursor>,
+        limit: usize,
+    ) -> Result<EffectivePage, EngineError> {
+        let mut v = Violations::new();
+        v.check("subject", ids::check_subject(subject));
+        v.into_result().map_err(EngineError::Invalid)?;
+        Ok(self.view(tenant, vault)?.effective_page(subject, now, after, limit))
     }
 }
 

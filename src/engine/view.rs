@@ -712,38 +712,215 @@ impl VaultView {
         let mut out = Vec::new();
         for (pi, p) in ps.iter().enumerate() {
             let Some(data) = p.data else { continue };
+            let group_path = Self::group_path(&ps, pi);
             for br in data.bindings.iter() {
-                let b = &br.binding;
-                if !keep(b) {
-                    continue;
-                }
-                let Some((set, role)) = self.statements(b) else {
-                    continue;
-                };
-                for (i, s) in set.statements.iter().enumerate() {
-                    out.push(EffectiveStatement {
-                        statement: s.source.clone(),
-                        binding: b.source.clone(),
-                        principal: p.name.to_string(),
-                        group_path: Self::group_path(&ps, pi),
-                        role: role.and_then(|r| r.key.clone()),
-                        role_path: role
-                            .and_then(|r| r.paths.get(i).map(|p| p.to_vec()))
-                            .unwrap_or_default(),
-                        index: s.origin.index,
-                        defined_in: s
-                            .origin
-                            .role
-                            .as_ref()
-                            .map(|r| r.scope.clone())
-                            .unwrap_or_else(|| b.scope.clone()),
-                        active: b.active_at(now),
-                    });
+                if keep(&br.binding) {
+                    self.push_effective(p.name, &group_path, &br.binding, now, 0, usize::MAX, &mut out);
                 }
             }
         }
         out
     }
+
+    /// One page of [`effective`](Self::effective), in the order of
+    /// (principal, binding id, binding tenant, vault, statement), from
+    /// `after`. The order depends only on names, so a page continues where
+    /// the last one ended even when other bindings changed in between.
+    ///
+    /// A page costs a pass over the subject's bindings, not a sort of them:
+    /// a principal's bindings past the cursor are narrowed to the `limit`
+    /// smallest (each yields at least one statement) before those are
+    /// sorted, so a subject reached by thousands of bindings pages in time
+    /// proportional to them plus the page.
+    pub fn effective_page(
+        &self,
+        subject: &str,
+        now: Timestamp,
+        after: Option<&EffectiveCursor>,
+        limit: usize,
+    ) -> EffectivePage {
+        let limit = limit.max(1);
+        let ps = self.principals(subject);
+        let mut order: Vec<usize> = (0..ps.len()).filter(|&i| ps[i].data.is_some()).collect();
+        order.sort_unstable_by_key(|&i| ps[i].name);
+        let mut out = Vec::new();
+        let mut entries: Vec<(EffectiveKey<'_>, &CompiledBinding)> = Vec::new();
+        for pi in order {
+            let p = &ps[pi];
+            let cursor = match after {
+                Some(c) if p.name < c.principal.as_str() => continue,
+                Some(c) if p.name == c.principal.as_str() => Some(c),
+                _ => None,
+            };
+            let Some(data) = p.data else { continue };
+            entries.clear();
+            entries.extend(
+                data.bindings
+                    .iter()
+                    .map(|br| (EffectiveKey::of(&br.binding), &*br.binding))
+                    .filter(|(k, _)| cursor.is_none_or(|c| *k >= c.key()))
+                    // Only bindings that list something (a binding to a
+                    // missing role lists nothing), so `room` of them fill
+                    // the page.
+                    .filter(|(_, b)| self.statements(b).is_some_and(|(set, _)| !set.statements.is_empty())),
+            );
+            let room = limit - out.len();
+            if entries.len() > room {
+                entries.select_nth_unstable_by(room, |a, b| a.0.cmp(&b.0));
+                entries.truncate(room + 1);
+            }
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let group_path = Self::group_path(&ps, pi);
+            for (j, (key, b)) in entries.iter().enumerate() {
+                // The cursor's own binding continues at its statement; one
+                // deleted since is simply passed.
+                let skip = match cursor {
+                    Some(c) if *key == c.key() => c.skip as usize,
+                    _ => 0,
+                };
+                let pushed = self.push_effective(p.name, &group_path, b, now, skip, limit - out.len(), &mut out);
+                if out.len() == limit {
+                    let total = self.statements(b).map_or(0, |(set, _)| set.statements.len());
+                    let next = if skip + pushed < total {
+                        Some(key.cursor(p.name, skip + pushed))
+                    } else {
+                        match entries.get(j + 1) {
+                            Some(e) => Some(e.0.cursor(p.name, 0)),
+                            // The principal's last binding: the next page
+                            // starts past it (and finds the next principal).
+                            None => Some(key.cursor(p.name, total)),
+                        }
+                    };
+                    return EffectivePage { statements: out, next };
+                }
+            }
+        }
+        EffectivePage {
+            statements: out,
+            next: None,
+        }
+    }
+
+    /// Appends up to `max` of `b`'s statements from the `skip`th, as reaching
+    /// `principal` through `group_path`; returns how many.
+    #[allow(clippy::too_many_arguments)]
+    fn push_effective(
+        &self,
+        principal: &str,
+        group_path: &[String],
+        b: &CompiledBinding,
+        now: Timestamp,
+        skip: usize,
+        max: usize,
+        out: &mut Vec<EffectiveStatement>,
+    ) -> usize {
+        let Some((set, role)) = self.statements(b) else {
+            return 0;
+        };
+        let before = out.len();
+        for (i, s) in set.statements.iter().enumerate().skip(skip).take(max) {
+            out.push(EffectiveStatement {
+                statement: s.source.clone(),
+                binding: b.source.clone(),
+                principal: principal.to_string(),
+                group_path: group_path.to_vec(),
+                role: role.and_then(|r| r.key.clone()),
+                role_path: role
+                    .and_then(|r| r.paths.get(i).map(|p| p.to_vec()))
+                    .unwrap_or_default(),
+                index: s.origin.index,
+                defined_in: s
+                    .origin
+                    .role
+                    .as_ref()
+                    .map(|r| r.scope.clone())
+                    .unwrap_or_else(|| b.scope.clone()),
+                active: b.active_at(now),
+            });
+        }
+        out.len() - before
+    }
+}
+
+/// Where a binding sorts among its principal's in an effective-permissions
+/// listing: by id first, which nearly always decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct EffectiveKey<'a> {
+    binding: &'a str,
+    tenant: &'a str,
+    vault: &'a str,
+}
+
+impl<'a> EffectiveKey<'a> {
+    fn of(b: &'a CompiledBinding) -> EffectiveKey<'a> {
+        EffectiveKey {
+            binding: &b.source.id,
+            tenant: b.source.tenant.as_str(),
+            vault: b.source.vault.as_ref().map_or("", |v| v.as_str()),
+        }
+    }
+
+    fn cursor(&self, principal: &str, skip: usize) -> EffectiveCursor {
+        EffectiveCursor {
+            principal: principal.to_string(),
+            binding: self.binding.to_string(),
+            tenant: self.tenant.to_string(),
+            vault: self.vault.to_string(),
+            skip: skip as u32,
+        }
+    }
+}
+
+/// Where the next page of effective permissions starts: a principal and
+/// one of its bindings by sort key, and how many of that binding's
+/// statements were already listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectiveCursor {
+    principal: String,
+    binding: String,
+    tenant: String,
+    vault: String,
+    skip: u32,
+}
+
+impl EffectiveCursor {
+    fn key(&self) -> EffectiveKey<'_> {
+        EffectiveKey {
+            binding: &self.binding,
+            tenant: &self.tenant,
+            vault: &self.vault,
+        }
+    }
+
+    /// The cursor as text: its fields joined by NUL, which no identifier
+    /// may contain.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}\0{}\0{}\0{}\0{}",
+            self.principal, self.binding, self.tenant, self.vault, self.skip
+        )
+    }
+
+    /// `None` for text [`encode`](Self::encode) did not produce.
+    pub fn decode(s: &str) -> Option<EffectiveCursor> {
+        let mut it = s.split('\0');
+        let c = EffectiveCursor {
+            principal: it.next()?.to_string(),
+            binding: it.next()?.to_string(),
+            tenant: it.next()?.to_string(),
+            vault: it.next()?.to_string(),
+            skip: it.next()?.parse().ok()?,
+        };
+        it.next().is_none().then_some(c)
+    }
+}
+
+/// A page of effective permissions.
+#[derive(Debug, Clone)]
+pub struct EffectivePage {
+    pub statements: Vec<EffectiveStatement>,
+    /// Pass back for the next page; `None` on the last.
+    pub next: Option<EffectiveCursor>,
 }
 
 impl VaultView {
@@ -781,11 +958,13 @@ impl ResourceRule {
     pub fn matches(&self, resource: &str) -> bool {
         self.binding.resources.matches(resource) && self.statement.resources.matches(resource)
     }
+    /// The binding's scope as written, `*` for none.
     pub fn scope_patterns(&self) -> Vec<String> {
-        self.binding.resources.sources()
+        as_written(&self.binding.source.scope)
     }
+    /// The statement's resources as written, `*` for none.
     pub fn resource_patterns(&self) -> Vec<String> {
-        self.statement.resources.sources()
+        as_written(&self.statement.source.resources)
     }
     pub fn binding_id(&self) -> &str {
         &self.binding.source.id
@@ -798,6 +977,16 @@ impl ResourceRule {
     }
     pub fn index(&self) -> u32 {
         self.statement.origin.index
+    }
+}
+
+/// Patterns as their author wrote them (an empty list means `*`): copied,
+/// not rebuilt from the compiled set, as a lookup lists thousands.
+fn as_written(patterns: &[String]) -> Vec<String> {
+    if patterns.is_empty() {
+        vec!["*".to_string()]
+    } else {
+        patterns.to_vec()
     }
 }
 
@@ -832,7 +1021,7 @@ impl ResourceFilter {
 
 #[derive(Debug, Clone)]
 pub struct EffectiveStatement {
-    pub statement: super::model::Statement,
+    pub statement: Arc<super::model::Statement>,
     pub binding: Arc<super::model::Binding>,
     pub principal: String,
     pub group_path: Vec<String>,
