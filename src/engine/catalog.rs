@@ -257,6 +257,7 @@ impl Catalog {
                             suspended_by: None,
                             subjects: ShardMap::with_capacity(0),
                             roles: Default::default(),
+                            lookups: Default::default(),
                         };
                         let handle = Arc::new(VaultHandle {
                             view: ArcSwap::from_pointee(view),

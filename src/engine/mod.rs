@@ -62,7 +62,7 @@ pub use ids::{FieldViolation, RoleName, Subject, TenantId, VaultName, Violations
 pub use model::*;
 pub use view::{
     CheckResult, EffectiveCursor, EffectivePage, EffectiveStatement, EntryOutcome, ExplainEntry, Explanation,
-    Possibility, Reason, ResourceFilter, ResourceRule, VaultView,
+    Possibility, Reason, ResourceFilter, ResourceRule, VaultView, lookup_subjects_in,
 };
 
 use catalog::Catalog;
@@ -502,59 +502,6 @@ pub fn check_bulk_in(
             Ok(view.check(item.subject, item.action, item.resource, item.context, now, explain))
         })
         .collect()
-}
-
-/// Lookup subjects over one view: every subject for which a check of
-/// (`action`, `resource`) is allowed or depends on conditions, groups expanded
-/// to their members transitively, in subject order from after `after`.
-pub fn lookup_subjects_in(
-    view: &VaultView,
-    action: &str,
-    resource: &str,
-    now: Timestamp,
-    page: PageRequest<'_>,
-) -> SubjectPage {
-    let (after, limit) = (page.after, page.limit.max(1));
-    if view.suspended_by().is_some() {
-        return SubjectPage {
-            subjects: Vec::new(),
-            next_cursor: None,
-        };
-    }
-    let starts = view.granting_subjects(action, resource, now);
-    let members = view.members_index();
-    let mut candidates: BTreeSet<&str> = BTreeSet::new();
-    let mut stack: Vec<&str> = starts.iter().map(|s| s.as_str()).collect();
-    while let Some(s) = stack.pop() {
-        if candidates.insert(s)
-            && let Some(ms) = members.get(s)
-        {
-            stack.extend(ms.iter().map(|m| m.as_str()));
-        }
-    }
-    let mut subjects = Vec::new();
-    let range = match after {
-        Some(a) => candidates.range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
-        None => candidates.range::<str, _>(..),
-    };
-    for s in range {
-        let p = view.possibility(s, action, resource, now);
-        if p == Possibility::Denied {
-            continue;
-        }
-        if subjects.len() == limit {
-            let last: &(String, Possibility) = subjects.last().expect("limit >= 1");
-            return SubjectPage {
-                next_cursor: Some(last.0.clone()),
-                subjects,
-            };
-        }
-        subjects.push((s.to_string(), p));
-    }
-    SubjectPage {
-        subjects,
-        next_cursor: None,
-    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,11 @@ use super::ids::{Subject, TenantId, VaultName};
 use super::model::{Effect, RoleKey, Scope, Timestamp, Vault};
 use super::pattern::Prefilter;
 
+mod reverse;
+pub use reverse::{
+    EffectiveCursor, EffectivePage, EffectiveStatement, ResourceFilter, ResourceRule, lookup_subjects_in,
+};
+
 /// What one subject contributes to a view: its bindings and the groups it
 /// belongs to directly, from every visible scope.
 #[derive(Debug)]
@@ -286,6 +291,30 @@ struct Tally {
     entries: Vec<ExplainEntry>,
 }
 
+impl Tally {
+    /// What a partial (conditions unknown) tally allows.
+    fn possibility(&self) -> Possibility {
+        if self.deny_certain {
+            Possibility::Denied
+        } else if self.allow_certain && !self.deny_possible {
+            Possibility::Allowed
+        } else if self.allow_certain || self.allow_possible {
+            Possibility::Conditional
+        } else {
+            Possibility::Denied
+        }
+    }
+}
+
+/// The request a tally answers, hashed once.
+#[derive(Clone, Copy)]
+struct Query<'a> {
+    action: &'a str,
+    ahash: u64,
+    resource: &'a str,
+    now: Timestamp,
+}
+
 struct Principal<'v> {
     name: &'v str,
     hash: u64,
@@ -300,6 +329,8 @@ pub struct VaultView {
     pub(crate) suspended_by: Option<TenantId>,
     pub(crate) subjects: ShardMap,
     pub(crate) roles: Arc<HashMap<u32, Arc<CompiledRole>, FixedState>>,
+    /// Built by lookup subjects on first use; never copied to the next view.
+    pub(crate) lookups: reverse::SubjectLookups,
 }
 
 impl Clone for VaultView {
@@ -311,6 +342,7 @@ impl Clone for VaultView {
             suspended_by: self.suspended_by.clone(),
             subjects: self.subjects.clone(),
             roles: self.roles.clone(),
+            lookups: Default::default(),
         }
     }
 }
@@ -450,94 +482,129 @@ impl VaultView {
         let ps = self.principals(subject);
         let ahash = hash_str(action);
         let mut m = Matches::new();
-        for (pi, p) in ps.iter().enumerate() {
-            let Some(data) = p.data else { continue };
-            for br in data.bindings.iter() {
-                if !br.applies_to(now, resource) {
-                    continue;
-                }
-                let b = &*br.binding;
-                let Some((set, role)) = self.statements(b) else {
-                    continue;
-                };
-                set.matching(action, ahash, &mut m);
-                if m.is_empty() {
-                    continue;
-                }
-                let mut bcond: Option<Tri> = None;
-                let mut berr: Option<String> = None;
-                for &i in &m {
-                    let s: &CompiledStatement = &set.statements[i as usize];
-                    if !s.resources.matches(resource) {
-                        continue;
-                    }
-                    let bc = *bcond
-                        .get_or_insert_with(|| Self::eval_condition(mode, &b.condition, explain.then_some(&mut berr)));
-                    if bc == Tri::False {
-                        break;
-                    }
-                    let mut serr = None;
-                    let sc = Self::eval_condition(mode, &s.condition, explain.then_some(&mut serr));
-                    if sc == Tri::False {
-                        continue;
-                    }
-                    let unknown = bc == Tri::Unknown || sc == Tri::Unknown;
-                    let errored = bc == Tri::Error || sc == Tri::Error;
-                    let counted = match s.effect {
-                        Effect::Deny => {
-                            if unknown {
-                                tally.deny_possible = true;
-                            } else {
-                                tally.deny_certain = true;
-                            }
-                            true
-                        }
-                        Effect::Allow => {
-                            if errored {
-                                false
-                            } else if unknown {
-                                tally.allow_possible = true;
-                                true
-                            } else {
-                                tally.allow_certain = true;
-                                true
-                            }
-                        }
-                    };
-                    if explain {
-                        let error = berr.clone().or(serr);
-                        let role_path = role
-                            .map(|r| r.paths.get(i as usize).map(|p| p.to_vec()).unwrap_or_default())
-                            .unwrap_or_default();
-                        tally.entries.push(ExplainEntry {
-                            binding_id: b.source.id.clone(),
-                            binding_scope: b.scope.clone(),
-                            principal: p.name.to_string(),
-                            group_path: Self::group_path(&ps, pi),
-                            role: role.and_then(|r| r.key.clone()),
-                            role_path,
-                            sid: s.origin.sid.as_deref().map(str::to_string),
-                            index: s.origin.index,
-                            effect: s.effect,
-                            defined_in: s
-                                .origin
-                                .role
-                                .as_ref()
-                                .map(|r| r.scope.clone())
-                                .unwrap_or_else(|| b.scope.clone()),
-                            outcome: match error {
-                                Some(e) if errored => EntryOutcome::ConditionError(e),
-                                _ => EntryOutcome::Applied,
-                            },
-                            counted,
-                        });
-                    } else if tally.deny_certain {
-                        return tally;
-                    }
-                }
+        for pi in 0..ps.len() {
+            let q = Query {
+                action,
+                ahash,
+                resource,
+                now,
+            };
+            if self.tally_principal(&mut tally, &ps, pi, &q, mode, explain, &mut m) {
+                return tally;
             }
         }
         tally
+    }
+
+    /// Folds principal `ps[pi]`'s bindings into `tally`; true when a certain
+    /// denial settles the check (when not explaining). Principals fold
+    /// independently, which lets lookup subjects reuse a group's share.
+    // Inlined so the check path's loop compiles as it did before the split.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn tally_principal(
+        &self,
+        tally: &mut Tally,
+        ps: &[Principal<'_>],
+        pi: usize,
+        q: &Query<'_>,
+        mode: &Mode<'_>,
+        explain: bool,
+        m: &mut Matches,
+    ) -> bool {
+        let Query {
+            action,
+            ahash,
+            resource,
+            now,
+        } = *q;
+        let p = &ps[pi];
+        let Some(data) = p.data else { return false };
+        for br in data.bindings.iter() {
+            if !br.applies_to(now, resource) {
+                continue;
+            }
+            let b = &*br.binding;
+            let Some((set, role)) = self.statements(b) else {
+                continue;
+            };
+            set.matching(action, ahash, m);
+            if m.is_empty() {
+                continue;
+            }
+            let mut bcond: Option<Tri> = None;
+            let mut berr: Option<String> = None;
+            for &i in m.iter() {
+                let s: &CompiledStatement = &set.statements[i as usize];
+                if !s.resources.matches(resource) {
+                    continue;
+                }
+                let bc = *bcond
+                    .get_or_insert_with(|| Self::eval_condition(mode, &b.condition, explain.then_some(&mut berr)));
+                if bc == Tri::False {
+                    break;
+                }
+                let mut serr = None;
+                let sc = Self::eval_condition(mode, &s.condition, explain.then_some(&mut serr));
+                if sc == Tri::False {
+                    continue;
+                }
+                let unknown = bc == Tri::Unknown || sc == Tri::Unknown;
+                let errored = bc == Tri::Error || sc == Tri::Error;
+                let counted = match s.effect {
+                    Effect::Deny => {
+                        if unknown {
+                            tally.deny_possible = true;
+                        } else {
+                            tally.deny_certain = true;
+                        }
+                        true
+                    }
+                    Effect::Allow => {
+                        if errored {
+                            false
+                        } else if unknown {
+                            tally.allow_possible = true;
+                            true
+                        } else {
+                            tally.allow_certain = true;
+                            true
+                        }
+                    }
+                };
+                if explain {
+                    let error = berr.clone().or(serr);
+                    let role_path = role
+                        .map(|r| r.paths.get(i as usize).map(|p| p.to_vec()).unwrap_or_default())
+                        .unwrap_or_default();
+                    tally.entries.push(ExplainEntry {
+                        binding_id: b.source.id.clone(),
+                        binding_scope: b.scope.clone(),
+                        principal: p.name.to_string(),
+                        group_path: Self::group_path(ps, pi),
+                        role: role.and_then(|r| r.key.clone()),
+                        role_path,
+                        sid: s.origin.sid.as_deref().map(str::to_string),
+                        index: s.origin.index,
+                        effect: s.effect,
+                        defined_in: s
+                            .origin
+                            .role
+                            .as_ref()
+                            .map(|r| r.scope.clone())
+                            .unwrap_or_else(|| b.scope.clone()),
+                        outcome: match error {
+                            Some(e) if errored => EntryOutcome::ConditionError(e),
+                            _ => EntryOutcome::Applied,
+                        },
+                        counted,
+                    });
+                } else if tally.deny_certain {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// Decides one request. The caller has validated the inputs.
@@ -594,333 +661,9 @@ impl VaultView {
         if self.suspended_by.is_some() {
             return Possibility::Denied;
         }
-        let t = self.evaluate(subject, action, resource, now, &Mode::Partial, false);
-        if t.deny_certain {
-            Possibility::Denied
-        } else if t.allow_certain && !t.deny_possible {
-            Possibility::Allowed
-        } else if t.allow_certain || t.allow_possible {
-            Possibility::Conditional
-        } else {
-            Possibility::Denied
-        }
+        self.evaluate(subject, action, resource, now, &Mode::Partial, false)
+            .possibility()
     }
-
-    /// Lookup resources: what `subject` may do `action` on, as a filter.
-    pub fn resource_filter(&self, subject: &str, action: &str, now: Timestamp) -> ResourceFilter {
-        let mut f = ResourceFilter {
-            suspended: self.suspended_by.is_some(),
-            ..Default::default()
-        };
-        if f.suspended {
-            return f;
-        }
-        let ps = self.principals(subject);
-        let ahash = hash_str(action);
-        let mut m = Matches::new();
-        for p in ps.iter() {
-            let Some(data) = p.data else { continue };
-            for br in data.bindings.iter() {
-                let b = &br.binding;
-                if !b.active_at(now) {
-                    continue;
-                }
-                let Some((set, role)) = self.statements(b) else {
-                    continue;
-                };
-                set.matching(action, ahash, &mut m);
-                for &i in &m {
-                    let s = &set.statements[i as usize];
-                    let mut conditions = Vec::new();
-                    for c in [&b.condition, &s.condition].into_iter().flatten() {
-                        conditions.push(match c {
-                            Ok(c) => c.source().to_string(),
-                            Err(e) => e.to_string(),
-                        });
-                    }
-                    let rule = ResourceRule {
-                        binding: b.clone(),
-                        statement: s.clone(),
-                        role: role.and_then(|r| r.key.clone()),
-                        conditions,
-                    };
-                    match (s.effect, rule.conditions.is_empty()) {
-                        (Effect::Allow, true) => f.grants.push(rule),
-                        (Effect::Allow, false) => f.conditional_grants.push(rule),
-                        (Effect::Deny, true) => f.denials.push(rule),
-                        (Effect::Deny, false) => f.conditional_denials.push(rule),
-                    }
-                }
-            }
-        }
-        f
-    }
-
-    /// Every binding's subject whose bindings could grant `action` on
-    /// `resource` (conditions aside); the starting points of lookup subjects.
-    pub(crate) fn granting_subjects(&self, action: &str, resource: &str, now: Timestamp) -> Vec<&Subject> {
-        let ahash = hash_str(action);
-        let mut m = Matches::new();
-        let mut out = Vec::new();
-        for (subject, data) in self.subjects.iter() {
-            let grants = data.bindings.iter().any(|br| {
-                if !br.applies_to(now, resource) {
-                    return false;
-                }
-                let b = &*br.binding;
-                let Some((set, _)) = self.statements(b) else {
-                    return false;
-                };
-                set.matching(action, ahash, &mut m);
-                m.iter().any(|&i| {
-                    let s = &set.statements[i as usize];
-                    s.effect == Effect::Allow && s.resources.matches(resource)
-                })
-            });
-            if grants {
-                out.push(subject);
-            }
-        }
-        out
-    }
-
-    /// Group → direct members, from every membership visible in the view.
-    pub(crate) fn members_index(&self) -> HashMap<&str, Vec<&Subject>, FixedState> {
-        let mut idx: HashMap<&str, Vec<&Subject>, FixedState> = HashMap::with_hasher(FixedState::with_seed(2));
-        for (subject, data) in self.subjects.iter() {
-            for e in data.groups.iter() {
-                idx.entry(e.group.as_str()).or_default().push(subject);
-            }
-        }
-        idx
-    }
-
-    /// Every statement that can reach `subject`, with provenance.
-    pub fn effective(&self, subject: &str, now: Timestamp) -> Vec<EffectiveStatement> {
-        self.effective_where(subject, now, |_| true)
-    }
-
-    /// [`effective`](Self::effective) over only the bindings `keep` accepts:
-    /// a plan that knows which bindings changed compares only theirs.
-    pub fn effective_where(
-        &self,
-        subject: &str,
-        now: Timestamp,
-        keep: impl Fn(&CompiledBinding) -> bool,
-    ) -> Vec<EffectiveStatement> {
-        let ps = self.principals(subject);
-        let mut out = Vec::new();
-        for (pi, p) in ps.iter().enumerate() {
-            let Some(data) = p.data else { continue };
-            let group_path = Self::group_path(&ps, pi);
-            for br in data.bindings.iter() {
-                if keep(&br.binding) {
-                    self.push_effective(p.name, &group_path, &br.binding, now, 0, usize::MAX, &mut out);
-                }
-            }
-        }
-        out
-    }
-
-    /// One page of [`effective`](Self::effective), in the order of
-    /// (principal, binding id, binding tenant, vault, statement), from
-    /// `after`. The order depends only on names, so a page continues where
-    /// the last one ended even when other bindings changed in between.
-    ///
-    /// A page costs a pass over the subject's bindings, not a sort of them:
-    /// a principal's bindings past the cursor are narrowed to the `limit`
-    /// smallest (each yields at least one statement) before those are
-    /// sorted, so a subject reached by thousands of bindings pages in time
-    /// proportional to them plus the page.
-    pub fn effective_page(
-        &self,
-        subject: &str,
-        now: Timestamp,
-        after: Option<&EffectiveCursor>,
-        limit: usize,
-    ) -> EffectivePage {
-        let limit = limit.max(1);
-        let ps = self.principals(subject);
-        let mut order: Vec<usize> = (0..ps.len()).filter(|&i| ps[i].data.is_some()).collect();
-        order.sort_unstable_by_key(|&i| ps[i].name);
-        let mut out = Vec::new();
-        let mut entries: Vec<(EffectiveKey<'_>, &CompiledBinding)> = Vec::new();
-        for pi in order {
-            let p = &ps[pi];
-            let cursor = match after {
-                Some(c) if p.name < c.principal.as_str() => continue,
-                Some(c) if p.name == c.principal.as_str() => Some(c),
-                _ => None,
-            };
-            let Some(data) = p.data else { continue };
-            entries.clear();
-            entries.extend(
-                data.bindings
-                    .iter()
-                    .map(|br| (EffectiveKey::of(&br.binding), &*br.binding))
-                    .filter(|(k, _)| cursor.is_none_or(|c| *k >= c.key()))
-                    // Only bindings that list something (a binding to a
-                    // missing role lists nothing), so `room` of them fill
-                    // the page.
-                    .filter(|(_, b)| self.statements(b).is_some_and(|(set, _)| !set.statements.is_empty())),
-            );
-            let room = limit - out.len();
-            if entries.len() > room {
-                entries.select_nth_unstable_by(room, |a, b| a.0.cmp(&b.0));
-                entries.truncate(room + 1);
-            }
-            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            let group_path = Self::group_path(&ps, pi);
-            for (j, (key, b)) in entries.iter().enumerate() {
-                // The cursor's own binding continues at its statement; one
-                // deleted since is simply passed.
-                let skip = match cursor {
-                    Some(c) if *key == c.key() => c.skip as usize,
-                    _ => 0,
-                };
-                let pushed = self.push_effective(p.name, &group_path, b, now, skip, limit - out.len(), &mut out);
-                if out.len() == limit {
-                    let total = self.statements(b).map_or(0, |(set, _)| set.statements.len());
-                    let next = if skip + pushed < total {
-                        Some(key.cursor(p.name, skip + pushed))
-                    } else {
-                        match entries.get(j + 1) {
-                            Some(e) => Some(e.0.cursor(p.name, 0)),
-                            // The principal's last binding: the next page
-                            // starts past it (and finds the next principal).
-                            None => Some(key.cursor(p.name, total)),
-                        }
-                    };
-                    return EffectivePage { statements: out, next };
-                }
-            }
-        }
-        EffectivePage {
-            statements: out,
-            next: None,
-        }
-    }
-
-    /// Appends up to `max` of `b`'s statements from the `skip`th, as reaching
-    /// `principal` through `group_path`; returns how many.
-    #[allow(clippy::too_many_arguments)]
-    fn push_effective(
-        &self,
-        principal: &str,
-        group_path: &[String],
-        b: &CompiledBinding,
-        now: Timestamp,
-        skip: usize,
-        max: usize,
-        out: &mut Vec<EffectiveStatement>,
-    ) -> usize {
-        let Some((set, role)) = self.statements(b) else {
-            return 0;
-        };
-        let before = out.len();
-        for (i, s) in set.statements.iter().enumerate().skip(skip).take(max) {
-            out.push(EffectiveStatement {
-                statement: s.source.clone(),
-                binding: b.source.clone(),
-                principal: principal.to_string(),
-                group_path: group_path.to_vec(),
-                role: role.and_then(|r| r.key.clone()),
-                role_path: role
-                    .and_then(|r| r.paths.get(i).map(|p| p.to_vec()))
-                    .unwrap_or_default(),
-                index: s.origin.index,
-                defined_in: s
-                    .origin
-                    .role
-                    .as_ref()
-                    .map(|r| r.scope.clone())
-                    .unwrap_or_else(|| b.scope.clone()),
-                active: b.active_at(now),
-            });
-        }
-        out.len() - before
-    }
-}
-
-/// Where a binding sorts among its principal's in an effective-permissions
-/// listing: by id first, which nearly always decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct EffectiveKey<'a> {
-    binding: &'a str,
-    tenant: &'a str,
-    vault: &'a str,
-}
-
-impl<'a> EffectiveKey<'a> {
-    fn of(b: &'a CompiledBinding) -> EffectiveKey<'a> {
-        EffectiveKey {
-            binding: &b.source.id,
-            tenant: b.source.tenant.as_str(),
-            vault: b.source.vault.as_ref().map_or("", |v| v.as_str()),
-        }
-    }
-
-    fn cursor(&self, principal: &str, skip: usize) -> EffectiveCursor {
-        EffectiveCursor {
-            principal: principal.to_string(),
-            binding: self.binding.to_string(),
-            tenant: self.tenant.to_string(),
-            vault: self.vault.to_string(),
-            skip: skip as u32,
-        }
-    }
-}
-
-/// Where the next page of effective permissions starts: a principal and
-/// one of its bindings by sort key, and how many of that binding's
-/// statements were already listed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EffectiveCursor {
-    principal: String,
-    binding: String,
-    tenant: String,
-    vault: String,
-    skip: u32,
-}
-
-impl EffectiveCursor {
-    fn key(&self) -> EffectiveKey<'_> {
-        EffectiveKey {
-            binding: &self.binding,
-            tenant: &self.tenant,
-            vault: &self.vault,
-        }
-    }
-
-    /// The cursor as text: its fields joined by NUL, which no identifier
-    /// may contain.
-    pub fn encode(&self) -> String {
-        format!(
-            "{}\0{}\0{}\0{}\0{}",
-            self.principal, self.binding, self.tenant, self.vault, self.skip
-        )
-    }
-
-    /// `None` for text [`encode`](Self::encode) did not produce.
-    pub fn decode(s: &str) -> Option<EffectiveCursor> {
-        let mut it = s.split('\0');
-        let c = EffectiveCursor {
-            principal: it.next()?.to_string(),
-            binding: it.next()?.to_string(),
-            tenant: it.next()?.to_string(),
-            vault: it.next()?.to_string(),
-            skip: it.next()?.parse().ok()?,
-        };
-        it.next().is_none().then_some(c)
-    }
-}
-
-/// A page of effective permissions.
-#[derive(Debug, Clone)]
-pub struct EffectivePage {
-    pub statements: Vec<EffectiveStatement>,
-    /// Pass back for the next page; `None` on the last.
-    pub next: Option<EffectiveCursor>,
 }
 
 impl VaultView {
@@ -941,94 +684,4 @@ impl VaultView {
             _ => false,
         }
     }
-}
-
-/// One (binding, statement) pair of a resource filter. A resource matches
-/// when it is in the binding's scope and the statement's resources.
-#[derive(Debug, Clone)]
-pub struct ResourceRule {
-    binding: Arc<CompiledBinding>,
-    statement: Arc<CompiledStatement>,
-    pub role: Option<RoleKey>,
-    /// The conditions that must hold, the binding's first.
-    pub conditions: Vec<String>,
-}
-
-impl ResourceRule {
-    pub fn matches(&self, resource: &str) -> bool {
-        self.binding.resources.matches(resource) && self.statement.resources.matches(resource)
-    }
-    /// The binding's scope as written, `*` for none.
-    pub fn scope_patterns(&self) -> Vec<String> {
-        as_written(&self.binding.source.scope)
-    }
-    /// The statement's resources as written, `*` for none.
-    pub fn resource_patterns(&self) -> Vec<String> {
-        as_written(&self.statement.source.resources)
-    }
-    pub fn binding_id(&self) -> &str {
-        &self.binding.source.id
-    }
-    pub fn binding_scope(&self) -> &Scope {
-        &self.binding.scope
-    }
-    pub fn sid(&self) -> Option<&str> {
-        self.statement.origin.sid.as_deref()
-    }
-    pub fn index(&self) -> u32 {
-        self.statement.origin.index
-    }
-}
-
-/// Patterns as their author wrote them (an empty list means `*`): copied,
-/// not rebuilt from the compiled set, as a lookup lists thousands.
-fn as_written(patterns: &[String]) -> Vec<String> {
-    if patterns.is_empty() {
-        vec!["*".to_string()]
-    } else {
-        patterns.to_vec()
-    }
-}
-
-/// The answer of lookup resources: a resource is allowed when it matches a
-/// grant and no denial (conditional rules aside).
-#[derive(Debug, Clone, Default)]
-pub struct ResourceFilter {
-    pub suspended: bool,
-    pub grants: Vec<ResourceRule>,
-    pub denials: Vec<ResourceRule>,
-    pub conditional_grants: Vec<ResourceRule>,
-    pub conditional_denials: Vec<ResourceRule>,
-}
-
-impl ResourceFilter {
-    /// The filter's verdict for `resource`, `Conditional` when a conditional
-    /// rule could change it.
-    pub fn evaluate(&self, resource: &str) -> Possibility {
-        if self.suspended || self.denials.iter().any(|r| r.matches(resource)) {
-            return Possibility::Denied;
-        }
-        let granted = self.grants.iter().any(|r| r.matches(resource));
-        let cond_deny = self.conditional_denials.iter().any(|r| r.matches(resource));
-        let cond_grant = self.conditional_grants.iter().any(|r| r.matches(resource));
-        match (granted, cond_deny, cond_grant) {
-            (true, false, _) => Possibility::Allowed,
-            (true, true, _) | (false, _, true) => Possibility::Conditional,
-            _ => Possibility::Denied,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct EffectiveStatement {
-    pub statement: Arc<super::model::Statement>,
-    pub binding: Arc<super::model::Binding>,
-    pub principal: String,
-    pub group_path: Vec<String>,
-    pub role: Option<RoleKey>,
-    pub role_path: Vec<RoleKey>,
-    pub index: u32,
-    pub defined_in: Scope,
-    /// Whether the binding is within its validity window now.
-    pub active: bool,
 }
