@@ -380,7 +380,8 @@ async fn lookups(o: &Org10k, seconds: u64) {
             let mut effective = effective.clone();
             effective.page_token = e_tokens[i % e_tokens.len()].clone();
             // Later pages only: a page past the first must not cost a rescan.
-            let later = subjects(tokens[(1 + i % tokens.len().saturating_sub(1).max(1)).min(tokens.len() - 1)].clone());
+            let later = &tokens[1.min(tokens.len() - 1)..];
+            let later = subjects(later[i % later.len()].clone());
             let first = subjects(String::new());
             async move {
                 match name {

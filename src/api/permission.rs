@@ -368,22 +368,15 @@ impl PermissionService for PermissionApi {
                 let mut v = crate::engine::Violations::new();
                 v.check("action", crate::engine::ids::check_action(&r.action));
                 v.check("resource", crate::engine::ids::check_resource(&r.resource));
-                let after = if r.page_token.is_empty() {
-                    None
-                } else {
-                    match hex::decode(&r.page_token).ok().and_then(|b| String::from_utf8(b).ok()) {
-                        Some(s) => Some(s),
-                        None => {
-                            v.push("page_token", "must be a page token returned by the previous page");
-                            None
-                        }
+                let after = match page_cursor(&r.page_token) {
+                    Ok(after) => after,
+                    Err(rule) => {
+                        v.push("page_token", rule);
+                        None
                     }
                 };
                 v.into_result()?;
-                let limit = match r.page_size as usize {
-                    0 => 100,
-                    n => n.min(MAX_PAGE),
-                };
+                let limit = page_limit(r.page_size, LOOKUP_SUBJECTS_PAGE);
                 let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
                 rate(index, &r.tenant, Kind::Checks, 1)?;
                 let view = index.engine().view(&r.tenant, &r.vault)?;
@@ -428,22 +421,16 @@ impl PermissionService for PermissionApi {
                 let caller = auth::caller(&request)?;
                 caller.require_all(&request.get_ref().tenant_fields())?;
                 let r = request.into_inner();
-                let after = match r.page_token.as_str() {
-                    "" => None,
-                    t => match hex::decode(t)
-                        .ok()
-                        .and_then(|b| String::from_utf8(b).ok())
-                        .and_then(|s| EffectiveCursor::decode(&s))
-                    {
-                        Some(c) => Some(c),
-                        None => {
-                            let mut v = crate::engine::Violations::new();
-                            v.push("page_token", "must be a page token returned by the previous page");
-                            return Err(v.into());
-                        }
-                    },
+                let after = match page_cursor(&r.page_token) {
+                    Ok(None) => None,
+                    Ok(Some(text)) if let Some(c) = EffectiveCursor::decode(&text) => Some(c),
+                    _ => {
+                        let mut v = crate::engine::Violations::new();
+                        v.push("page_token", PAGE_TOKEN_RULE);
+                        return Err(v.into());
+                    }
                 };
-                let limit = page_limit(r.page_size);
+                let limit = page_limit(r.page_size, MAX_PAGE);
                 let (index, at) = self.begin(&r.tenant, r.consistency.as_ref()).await?;
                 rate(index, &r.tenant, Kind::Checks, 1)?;
                 let (index, tenant, vault, subject) =
@@ -471,10 +458,29 @@ impl PermissionService for PermissionApi {
     }
 }
 
-/// A requested page size: 0 means the largest page.
-fn page_limit(requested: u32) -> usize {
+/// LookupSubjects' page when the caller names none: its subjects are
+/// short, and most callers want the first few.
+const LOOKUP_SUBJECTS_PAGE: usize = 100;
+
+const PAGE_TOKEN_RULE: &str = "must be a page token returned by the previous page";
+
+/// A requested page size: 0 means `default`, and none exceeds [`MAX_PAGE`].
+fn page_limit(requested: u32, default: usize) -> usize {
     match requested as usize {
-        0 => MAX_PAGE,
+        0 => default,
         n => n.min(MAX_PAGE),
     }
+}
+
+/// The engine's cursor text in a page token (hex, so any bytes the
+/// cursor holds survive transport); `None` for the first page.
+fn page_cursor(token: &str) -> Result<Option<String>, &'static str> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    hex::decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .map(Some)
+        .ok_or(PAGE_TOKEN_RULE)
 }

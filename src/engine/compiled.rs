@@ -126,6 +126,11 @@ pub struct CompiledRole {
 }
 
 impl CompiledRole {
+    /// The roles from the resolved one to the one defining statement `i`.
+    pub fn path(&self, i: usize) -> Vec<RoleKey> {
+        self.paths.get(i).map(|p| p.to_vec()).unwrap_or_default()
+    }
+
     pub fn missing() -> CompiledRole {
         CompiledRole {
             key: None,
@@ -186,6 +191,18 @@ impl ConditionCache {
             }
             Err(e) => Err(Arc::from(format!("condition does not compile: {e}"))),
         }
+    }
+}
+
+impl CompiledStatement {
+    /// Where the statement is written: its role's scope, or for an inline
+    /// statement the scope of binding `b` that holds it.
+    pub fn defined_in(&self, b: &CompiledBinding) -> Scope {
+        self.origin
+            .role
+            .as_ref()
+            .map(|r| r.scope.clone())
+            .unwrap_or_else(|| b.scope.clone())
     }
 }
 

@@ -574,9 +574,7 @@ impl VaultView {
                 };
                 if explain {
                     let error = berr.clone().or(serr);
-                    let role_path = role
-                        .map(|r| r.paths.get(i as usize).map(|p| p.to_vec()).unwrap_or_default())
-                        .unwrap_or_default();
+                    let role_path = role.map(|r| r.path(i as usize)).unwrap_or_default();
                     tally.entries.push(ExplainEntry {
                         binding_id: b.source.id.clone(),
                         binding_scope: b.scope.clone(),
@@ -587,12 +585,7 @@ impl VaultView {
                         sid: s.origin.sid.as_deref().map(str::to_string),
                         index: s.origin.index,
                         effect: s.effect,
-                        defined_in: s
-                            .origin
-                            .role
-                            .as_ref()
-                            .map(|r| r.scope.clone())
-                            .unwrap_or_else(|| b.scope.clone()),
+                        defined_in: s.defined_in(b),
                         outcome: match error {
                             Some(e) if errored => EntryOutcome::ConditionError(e),
                             _ => EntryOutcome::Applied,

@@ -294,16 +294,9 @@ impl VaultView {
                 principal: principal.to_string(),
                 group_path: group_path.to_vec(),
                 role: role.and_then(|r| r.key.clone()),
-                role_path: role
-                    .and_then(|r| r.paths.get(i).map(|p| p.to_vec()))
-                    .unwrap_or_default(),
+                role_path: role.map(|r| r.path(i)).unwrap_or_default(),
                 index: s.origin.index,
-                defined_in: s
-                    .origin
-                    .role
-                    .as_ref()
-                    .map(|r| r.scope.clone())
-                    .unwrap_or_else(|| b.scope.clone()),
+                defined_in: s.defined_in(b),
                 active: b.active_at(now),
             });
         }
