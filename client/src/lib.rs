@@ -25,17 +25,31 @@
 //! ```
 
 mod apply;
+mod cache;
+mod check;
 mod connect;
 mod error;
+mod filter;
+mod freshness;
+pub mod json;
+pub mod layer;
 mod pages;
 mod retry;
 pub mod shard;
 
+use std::sync::Arc;
+
 pub use apply::{Applied, ApplyError, Write};
+pub use cache::{CacheConfig, CacheStats, DecisionCache};
+pub use check::{BulkResult, Check, CheckBulk, Consistency, Decision};
 pub use connect::{Authed, Bearer, Config};
 pub use error::{Error, Reason, Violation};
+pub use filter::{Access, LookupResources, ResourceFilter, Rule, pattern_matches};
+pub use pages::{Changes, PagedRequest, Pages};
 pub use portcullis_proto::v1 as pb;
 pub use retry::RetryPolicy;
+
+use freshness::Freshness;
 
 use pb::admin_service_client::AdminServiceClient;
 use pb::audit_service_client::AuditServiceClient;
@@ -54,55 +68,72 @@ pub struct Client {
     diagnostics: DiagnosticsServiceClient<Authed>,
     watch: WatchServiceClient<Authed>,
     retry: RetryPolicy,
+    /// Shared by clones: a write through one is read through all.
+    freshness: Arc<Freshness>,
+    cache: Option<Arc<DecisionCache>>,
+    /// What a typed call asks for unless told otherwise.
+    consistency: Consistency,
 }
 
-/// One method per unary RPC: the request is cloned for each attempt.
+/// One method per unary RPC: the request is cloned for each attempt, and a
+/// write (marked `writes`) leaves its revision for
+/// [`Consistency::ReadYourWrites`].
 macro_rules! unary {
-    ($($service:ident { $($(#[$doc:meta])* $name:ident($req:ty) -> $resp:ty;)* })*) => {
+    ($($service:ident { $($(#[$doc:meta])* $name:ident($req:ty) -> $resp:ty $(, $writes:ident)?;)* })*) => {
         impl Client {
             $($(
                 $(#[$doc])*
                 pub async fn $name(&self, request: $req) -> Result<$resp, Error> {
                     let client = &self.$service;
-                    self.retry
+                    let response = self.retry
                         .run(|| {
                             let mut c = client.clone();
                             let r = request.clone();
                             async move { c.$name(r).await.map(tonic::Response::into_inner) }
                         })
-                        .await
+                        .await?;
+                    $(unary!(@$writes self, request, response);)?
+                    Ok(response)
                 }
             )*)*
         }
+    };
+    (@writes $self:ident, $request:ident, $response:ident) => {
+        $self.freshness.wrote(
+            freshness::WritesTenant::tenant(&$request),
+            freshness::WrittenAt::written_at(&$response),
+        )
     };
 }
 
 unary! {
     admin {
-        apply_tenant(pb::ApplyTenantRequest) -> pb::ApplyTenantResponse;
+        apply_tenant(pb::ApplyTenantRequest) -> pb::ApplyTenantResponse, writes;
         get_tenant(pb::GetTenantRequest) -> pb::Tenant;
         list_tenants(pb::ListTenantsRequest) -> pb::ListTenantsResponse;
-        delete_tenant(pb::DeleteTenantRequest) -> pb::DeleteResponse;
-        apply_vault(pb::ApplyVaultRequest) -> pb::ApplyVaultResponse;
+        delete_tenant(pb::DeleteTenantRequest) -> pb::DeleteResponse, writes;
+        apply_vault(pb::ApplyVaultRequest) -> pb::ApplyVaultResponse, writes;
         get_vault(pb::GetVaultRequest) -> pb::Vault;
         list_vaults(pb::ListVaultsRequest) -> pb::ListVaultsResponse;
-        delete_vault(pb::DeleteVaultRequest) -> pb::DeleteResponse;
-        apply_role(pb::ApplyRoleRequest) -> pb::ApplyRoleResponse;
+        delete_vault(pb::DeleteVaultRequest) -> pb::DeleteResponse, writes;
+        apply_role(pb::ApplyRoleRequest) -> pb::ApplyRoleResponse, writes;
         get_role(pb::GetRoleRequest) -> pb::Role;
         list_roles(pb::ListRolesRequest) -> pb::ListRolesResponse;
-        delete_role(pb::DeleteRoleRequest) -> pb::DeleteResponse;
-        write_bindings(pb::WriteBindingsRequest) -> pb::WriteResponse;
+        delete_role(pb::DeleteRoleRequest) -> pb::DeleteResponse, writes;
+        write_bindings(pb::WriteBindingsRequest) -> pb::WriteResponse, writes;
         list_bindings(pb::ListBindingsRequest) -> pb::ListBindingsResponse;
-        write_memberships(pb::WriteMembershipsRequest) -> pb::WriteResponse;
+        write_memberships(pb::WriteMembershipsRequest) -> pb::WriteResponse, writes;
         list_memberships(pb::ListMembershipsRequest) -> pb::ListMembershipsResponse;
         /// What a change would do, without writing it.
         plan_changes(pb::PlanChangesRequest) -> pb::PlanChangesResponse;
     }
     permission {
+        /// The raw RPC, never cached and with the consistency as given;
+        /// [`Client::check`] is the typed call.
         check_permission(pb::CheckPermissionRequest) -> pb::CheckPermissionResponse;
+        /// The raw RPC; [`Client::check_bulk`] is the typed call.
         check_bulk_permissions(pb::CheckBulkPermissionsRequest) -> pb::CheckBulkPermissionsResponse;
-        lookup_resources(pb::LookupResourcesRequest) -> pb::LookupResourcesResponse;
-        lookup_subjects(pb::LookupSubjectsRequest) -> pb::LookupSubjectsResponse;
+        /// One page, raw; [`Client::effective_permissions`] streams them all.
         get_effective_permissions(pb::GetEffectivePermissionsRequest) -> pb::GetEffectivePermissionsResponse;
     }
     audit {
@@ -129,17 +160,33 @@ impl Client {
             channel,
             bearer,
             retry,
+            freshness: Arc::default(),
+            cache: None,
+            consistency: Consistency::default(),
         }
     }
 
     /// The same client, its calls made on behalf of `who` (recorded in the
     /// audit trail; the operator names the Kubernetes object it reconciles).
+    /// It shares this client's write tokens and decision cache.
     pub fn on_behalf_of(&self, who: &str) -> Result<Client, Error> {
-        Ok(Client::new(
-            self.channel.clone(),
-            self.bearer.on_behalf_of(who)?,
-            self.retry,
-        ))
+        Ok(Client {
+            freshness: self.freshness.clone(),
+            cache: self.cache.clone(),
+            consistency: self.consistency.clone(),
+            ..Client::new(self.channel.clone(), self.bearer.on_behalf_of(who)?, self.retry)
+        })
+    }
+
+    /// The decision cache, when [`Config::decision_cache`] enabled one.
+    pub fn decision_cache(&self) -> Option<&DecisionCache> {
+        self.cache.as_deref()
+    }
+
+    /// The newest revision token this client wrote to `tenant` or one of
+    /// its ancestors: what [`Consistency::ReadYourWrites`] waits for.
+    pub fn written_at(&self, tenant: &str) -> Option<String> {
+        self.freshness.needed(tenant).map(freshness::token_of)
     }
 
     /// The channel without the API key, for the standard services (health,

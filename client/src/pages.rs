@@ -1,5 +1,10 @@
 //! Reading every page of a list.
 
+use std::future::Future;
+
+use futures::{Stream, TryStreamExt};
+
+use crate::check::Consistency;
 use crate::{Client, Error, pb};
 
 /// Every page of one list RPC, concatenated.
@@ -36,3 +41,201 @@ list_all! {
     /// Every membership the request selects, all pages.
     list_all_memberships: list_memberships(pb::ListMembershipsRequest) -> memberships: pb::Membership;
 }
+
+/// A paged lookup being built: [`Pages::stream`] reads every page, one
+/// at a time, as the caller consumes the items.
+#[must_use = "a lookup does nothing until streamed"]
+pub struct Pages<'a, R> {
+    client: &'a Client,
+    request: R,
+    consistency: Consistency,
+}
+
+impl<'a, R> Pages<'a, R> {
+    pub fn consistency(mut self, c: Consistency) -> Self {
+        self.consistency = c;
+        self
+    }
+}
+
+/// A request one page of a paged lookup answers.
+pub trait PagedRequest: Clone + Send + Sync + 'static {
+    type Item: Send + 'static;
+    #[doc(hidden)]
+    fn tenant(&self) -> &str;
+    #[doc(hidden)]
+    fn set_page_size(&mut self, n: u32);
+    #[doc(hidden)]
+    fn set(&mut self, consistency: Option<pb::Consistency>, page_token: String);
+    #[doc(hidden)]
+    fn page(
+        client: &Client,
+        request: Self,
+    ) -> impl Future<Output = Result<(Vec<Self::Item>, String), Error>> + Send;
+}
+
+impl PagedRequest for pb::LookupSubjectsRequest {
+    type Item = pb::LookedUpSubject;
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+    fn set_page_size(&mut self, n: u32) {
+        self.page_size = n;
+    }
+    fn set(&mut self, consistency: Option<pb::Consistency>, page_token: String) {
+        self.consistency = consistency;
+        self.page_token = page_token;
+    }
+    async fn page(client: &Client, request: Self) -> Result<(Vec<Self::Item>, String), Error> {
+        let p = &client.permission;
+        let r = client
+            .retry
+            .run(|| {
+                let mut c = p.clone();
+                let r = request.clone();
+                async move { c.lookup_subjects(r).await.map(tonic::Response::into_inner) }
+            })
+            .await?;
+        Ok((r.subjects, r.next_page_token))
+    }
+}
+
+impl PagedRequest for pb::GetEffectivePermissionsRequest {
+    type Item = pb::EffectiveStatement;
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+    fn set_page_size(&mut self, n: u32) {
+        self.page_size = n;
+    }
+    fn set(&mut self, consistency: Option<pb::Consistency>, page_token: String) {
+        self.consistency = consistency;
+        self.page_token = page_token;
+    }
+    async fn page(client: &Client, request: Self) -> Result<(Vec<Self::Item>, String), Error> {
+        let p = &client.permission;
+        let r = client
+            .retry
+            .run(|| {
+                let mut c = p.clone();
+                let r = request.clone();
+                async move { c.get_effective_permissions(r).await.map(tonic::Response::into_inner) }
+            })
+            .await?;
+        Ok((r.statements, r.next_page_token))
+    }
+}
+
+impl<'a, R: PagedRequest> Pages<'a, R> {
+    /// Items per page (the server caps it; 0 is the server's default).
+    pub fn page_size(mut self, n: u32) -> Self {
+        self.request.set_page_size(n);
+        self
+    }
+
+    /// Every item of every page; the stream ends after the last page, or
+    /// with the first error.
+    pub fn stream(self) -> impl Stream<Item = Result<R::Item, Error>> + Send + 'a {
+        let Pages {
+            client,
+            request,
+            consistency,
+        } = self;
+        let consistency = consistency.to_pb(consistency.floor(client, request.tenant()));
+        // The state is the next page's token, None after the last page.
+        let pages = futures::stream::try_unfold(Some(String::new()), move |token| {
+            let mut request = request.clone();
+            request.set(consistency.clone(), token.clone().unwrap_or_default());
+            async move {
+                if token.is_none() {
+                    return Ok::<_, Error>(None);
+                }
+                let (items, next) = R::page(client, request).await?;
+                let next = (!next.is_empty()).then_some(next);
+                Ok(Some((futures::stream::iter(items.into_iter().map(Ok)), next)))
+            }
+        });
+        pages.try_flatten()
+    }
+}
+
+impl Client {
+    /// Who may do `action` on `resource`, every page: groups are listed and
+    /// expanded to their members, sorted by subject.
+    ///
+    /// ```no_run
+    /// # async fn run(client: portcullis_client::Client) -> Result<(), portcullis_client::Error> {
+    /// use futures::TryStreamExt;
+    /// let who: Vec<_> = client
+    ///     .lookup_subjects("acme", "docs", "documents:read", "document:design.md")
+    ///     .stream()
+    ///     .try_collect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn lookup_subjects(
+        &self,
+        tenant: impl Into<String>,
+        vault: impl Into<String>,
+        action: impl Into<String>,
+        resource: impl Into<String>,
+    ) -> Pages<'_, pb::LookupSubjectsRequest> {
+        Pages {
+            client: self,
+            request: pb::LookupSubjectsRequest {
+                tenant: tenant.into(),
+                vault: vault.into(),
+                action: action.into(),
+                resource: resource.into(),
+                ..Default::default()
+            },
+            consistency: self.consistency.clone(),
+        }
+    }
+
+    /// Every statement that reaches `subject` in `tenant`'s `vault`, with its
+    /// provenance, every page.
+    pub fn effective_permissions(
+        &self,
+        tenant: impl Into<String>,
+        vault: impl Into<String>,
+        subject: impl Into<String>,
+    ) -> Pages<'_, pb::GetEffectivePermissionsRequest> {
+        Pages {
+            client: self,
+            request: pb::GetEffectivePermissionsRequest {
+                tenant: tenant.into(),
+                vault: vault.into(),
+                subject: subject.into(),
+                ..Default::default()
+            },
+            consistency: self.consistency.clone(),
+        }
+    }
+
+    /// The committed changes of `tenant` (its own objects and all its
+    /// vaults, or one vault) after `after_revision` (empty: from now), as a
+    /// stream. Not retried: a broken stream ends with its error, and the
+    /// last `revision` seen is where to resume.
+    pub async fn watch_changes(
+        &self,
+        tenant: impl Into<String>,
+        vault: impl Into<String>,
+        after_revision: impl Into<String>,
+    ) -> Result<Changes, Error> {
+        let s = self
+            .watch
+            .clone()
+            .watch(pb::WatchRequest {
+                tenant: tenant.into(),
+                vault: vault.into(),
+                after_revision: after_revision.into(),
+            })
+            .await?
+            .into_inner();
+        Ok(s.map_err(Error::from as fn(tonic::Status) -> Error))
+    }
+}
+
+/// The stream [`Client::watch_changes`] answers.
+pub type Changes = futures::stream::MapErr<tonic::Streaming<pb::WatchResponse>, fn(tonic::Status) -> Error>;

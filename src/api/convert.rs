@@ -508,27 +508,7 @@ fn value_json(v: &mut Violations, path: &str, x: &prost_types::Value, depth: usi
     }
 }
 
-/// JSON to `google.protobuf.Struct` (the CLI's `--context`).
-pub fn json_to_struct(m: &serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: m.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
-    }
-}
-
-pub fn json_to_value(v: &serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match v {
-        serde_json::Value::Null => Kind::NullValue(0),
-        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
-        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
-        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.iter().map(json_to_value).collect(),
-        }),
-        serde_json::Value::Object(o) => Kind::StructValue(json_to_struct(o)),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
+pub use portcullis_client::json::{to_struct as json_to_struct, to_value as json_to_value};
 
 pub fn scope_strings(s: &Scope) -> (String, String) {
     (
