@@ -13,7 +13,10 @@ use portcullis::server::{Running, ServeOptions};
 use portcullis_client::{Access, CacheConfig, Client, Config, Consistency, Reason, pb};
 
 async fn connect(srv: &Running) -> Client {
-    Config::new(format!("http://{}", srv.addr)).connect().await.expect("connects")
+    Config::new(format!("http://{}", srv.addr))
+        .connect()
+        .await
+        .expect("connects")
 }
 
 /// acme (role `reader` on documents) and acme/eng (vault `docs`), with
@@ -115,7 +118,13 @@ async fn typed_checks_and_read_your_writes() {
     assert!(!d.cached && d.explanation.is_none());
 
     let d = c
-        .check("acme/eng", "docs", "user:alice", "documents:read", "document:eng/secret-1")
+        .check(
+            "acme/eng",
+            "docs",
+            "user:alice",
+            "documents:read",
+            "document:eng/secret-1",
+        )
         .explain(true)
         .await
         .unwrap();
@@ -339,7 +348,10 @@ async fn a_rotated_key_file_is_used_without_reconnecting() {
     std::fs::write(&file, "first-key").unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while c.get_server_info(pb::GetServerInfoRequest {}).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "the first key was never read back");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first key was never read back"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A missing file fails at connect, naming it.

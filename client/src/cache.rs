@@ -189,7 +189,9 @@ impl DecisionCache {
     }
 
     pub(crate) fn put(&self, key: CacheKey, d: &Decision) {
-        let Some(revision) = revision_of(&d.checked_at) else { return };
+        let Some(revision) = revision_of(&d.checked_at) else {
+            return;
+        };
         if revision < self.watermark.load(Ordering::Acquire) {
             return;
         }
@@ -228,7 +230,11 @@ impl DecisionCache {
     pub(crate) fn watch(self: &Arc<Self>, config: &CacheConfig, client: WatchServiceClient<Authed>) {
         let mut w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
         for tenant in &config.watch {
-            w.push(tokio::spawn(watch_tenant(Arc::downgrade(self), client.clone(), tenant.clone())));
+            w.push(tokio::spawn(watch_tenant(
+                Arc::downgrade(self),
+                client.clone(),
+                tenant.clone(),
+            )));
         }
     }
 }
@@ -270,16 +276,11 @@ async fn watch_tenant(cache: Weak<DecisionCache>, mut client: WatchServiceClient
                 continue;
             }
         };
-        loop {
-            match stream.message().await {
-                Ok(Some(m)) => {
-                    let Some(c) = cache.upgrade() else { return };
-                    c.invalidate(&tenant, revision_of(&m.revision));
-                    after = m.revision;
-                    backoff = Duration::from_millis(100);
-                }
-                Ok(None) | Err(_) => break,
-            }
+        while let Ok(Some(m)) = stream.message().await {
+            let Some(c) = cache.upgrade() else { return };
+            c.invalidate(&tenant, revision_of(&m.revision));
+            after = m.revision;
+            backoff = Duration::from_millis(100);
         }
         let Some(c) = cache.upgrade() else { return };
         c.invalidate(&tenant, None);
@@ -360,11 +361,11 @@ mod tests {
     #[test]
     fn different_contexts_are_different_entries() {
         let with = |v: bool| {
-            let mut r = pb::CheckPermissionRequest::default();
-            r.context = Some(crate::json::to_struct(
-                serde_json::json!({ "mfa": v, "ip": "10.0.0.1" }).as_object().unwrap(),
-            ));
-            CacheKey::of(&r)
+            let context = serde_json::json!({ "mfa": v, "ip": "10.0.0.1" });
+            CacheKey::of(&pb::CheckPermissionRequest {
+                context: Some(crate::json::to_struct(context.as_object().unwrap())),
+                ..Default::default()
+            })
         };
         assert_eq!(with(true), with(true));
         assert_ne!(with(true), with(false));

@@ -105,7 +105,8 @@ impl Bearer {
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.key {
-            req.metadata_mut().insert("authorization", MetadataValue::clone(&v.load()));
+            req.metadata_mut()
+                .insert("authorization", MetadataValue::clone(&v.load()));
         }
         if let Some(v) = &self.on_behalf_of {
             req.metadata_mut().insert("x-portcullis-on-behalf-of", v.clone());

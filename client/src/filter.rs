@@ -251,10 +251,7 @@ mod tests {
         assert_eq!(f.matches("document:hr/x"), Access::Conditional);
         assert!(!f.allows("document:hr/x"));
         assert_eq!(f.matches("document:sales/x"), Access::Denied);
-        let suspended = ResourceFilter {
-            suspended: true,
-            ..f
-        };
+        let suspended = ResourceFilter { suspended: true, ..f };
         assert_eq!(suspended.matches("document:eng/a"), Access::Denied);
     }
 }

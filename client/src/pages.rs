@@ -68,10 +68,7 @@ pub trait PagedRequest: Clone + Send + Sync + 'static {
     #[doc(hidden)]
     fn set(&mut self, consistency: Option<pb::Consistency>, page_token: String);
     #[doc(hidden)]
-    fn page(
-        client: &Client,
-        request: Self,
-    ) -> impl Future<Output = Result<(Vec<Self::Item>, String), Error>> + Send;
+    fn page(client: &Client, request: Self) -> impl Future<Output = Result<(Vec<Self::Item>, String), Error>> + Send;
 }
 
 impl PagedRequest for pb::LookupSubjectsRequest {
