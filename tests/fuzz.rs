@@ -98,6 +98,20 @@ proptest! {
         let _ = set.matches(&input);
     }
 
+    /// The SDK evaluates lookup filters locally with its own matcher: it
+    /// must agree with the engine's on every pattern and input.
+    #[test]
+    fn the_sdks_pattern_matcher_agrees_with_the_engines(
+        p in prop_oneof!["[ab*?é/]{0,8}", text()],
+        input in prop_oneof!["[abé/]{0,10}", text()],
+    ) {
+        prop_assert_eq!(
+            portcullis_client::pattern_matches(&p, &input),
+            Pattern::compile(&p).matches(&input),
+            "pattern {:?} input {:?}", p, input
+        );
+    }
+
     #[test]
     fn conditions_compile_or_refuse_and_evaluate_within_budget(src in cel_like(), ctx in json_value(3)) {
         if let Ok(c) = Condition::compile(&src) {
