@@ -169,6 +169,7 @@ impl Running {
     /// Health to NOT_SERVING, wait the drain delay, stop accepting, let
     /// in-flight calls finish, stop the background tasks.
     pub async fn shutdown(self) {
+        self.state.metrics.serving.set(0);
         for s in SERVICES.iter().chain(std::iter::once(&"")) {
             self.health.set_service_status(*s, ServingStatus::NotServing).await;
         }
@@ -458,8 +459,15 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
             for s in SERVICES.iter().chain(std::iter::once(&"")) {
                 health.set_service_status(*s, ServingStatus::Serving).await;
             }
+            state.metrics.serving.set(1);
             tracing::info!("serving");
-            let lag = spawn_lag_monitor(index.clone(), health, max_index_lag, shutdown_rx.clone());
+            let lag = spawn_lag_monitor(
+                index.clone(),
+                health,
+                state.metrics.clone(),
+                max_index_lag,
+                shutdown_rx.clone(),
+            );
             let resharder = matches!(shard, ShardOptions::Map { .. }).then(|| {
                 spawn_resharder(
                     index.clone(),
@@ -505,6 +513,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
 fn spawn_lag_monitor(
     index: Arc<LiveIndex>,
     health: tonic_health::server::HealthReporter,
+    metrics: Arc<Metrics>,
     max_lag: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -532,6 +541,7 @@ fn spawn_lag_monitor(
                 if *shutdown.borrow() {
                     return;
                 }
+                metrics.serving.set(i64::from(serving));
                 for s in SERVICES.iter().chain(std::iter::once(&"")) {
                     health.set_service_status(*s, status).await;
                 }

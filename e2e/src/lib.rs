@@ -129,3 +129,27 @@ pub fn bin_dir() -> PathBuf {
     // target/debug/deps/<test> -> target/debug
     exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf()
 }
+
+/// `base` with a `--set` per value.
+pub fn args<'a>(base: &[&'a str], set: &'a [&'a str]) -> Vec<&'a str> {
+    let mut a = base.to_vec();
+    for s in set {
+        a.push("--set");
+        a.push(s);
+    }
+    a
+}
+
+/// `helm template rel <chart> --namespace portcullis` with these values, as documents.
+pub fn render(helm: &Path, set: &[&str], extra: &[&str]) -> Vec<serde_yaml::Value> {
+    let chart = chart();
+    let chart = chart.to_str().expect("utf-8 path");
+    let mut a = args(&["template", "rel", chart, "--namespace", "portcullis"], set);
+    a.extend_from_slice(extra);
+    let out = run(helm, &a, &[], None, true);
+    docs(&String::from_utf8_lossy(&out.stdout))
+}
+
+pub fn find<'a>(docs: &'a [serde_yaml::Value], kind: &str, name: &str) -> Option<&'a serde_yaml::Value> {
+    docs.iter().find(|d| kind_of(d) == kind && name_of(d) == name)
+}

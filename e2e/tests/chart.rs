@@ -69,28 +69,6 @@ const SHARDS: &[&str] = &[
     "shards[1].tenants[0]=**",
 ];
 
-fn args<'a>(base: &[&'a str], set: &'a [&'a str]) -> Vec<&'a str> {
-    let mut a = base.to_vec();
-    for s in set {
-        a.push("--set");
-        a.push(s);
-    }
-    a
-}
-
-fn render(helm: &Path, set: &[&str], extra: &[&str]) -> Vec<serde_yaml::Value> {
-    let chart = chart();
-    let chart = chart.to_str().expect("utf-8 path");
-    let mut a = args(&["template", "rel", chart, "--namespace", "portcullis"], set);
-    a.extend_from_slice(extra);
-    let out = run(helm, &a, &[], None, true);
-    docs(&String::from_utf8_lossy(&out.stdout))
-}
-
-fn find<'a>(docs: &'a [serde_yaml::Value], kind: &str, name: &str) -> Option<&'a serde_yaml::Value> {
-    docs.iter().find(|d| kind_of(d) == kind && name_of(d) == name)
-}
-
 fn containers(workload: &serde_yaml::Value) -> Vec<&serde_yaml::Value> {
     let spec = &workload["spec"]["template"]["spec"];
     let mut out: Vec<&serde_yaml::Value> = spec["containers"]

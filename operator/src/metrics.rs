@@ -18,6 +18,7 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Admission reviews, by kind and verdict.
     pub admission: IntCounterVec,
+    families: Vec<String>,
 }
 
 impl Default for Metrics {
@@ -71,6 +72,7 @@ impl Metrics {
             &["kind", "verdict"],
         )
         .expect("valid metric");
+        let mut families = Vec::new();
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(errors.clone()),
@@ -79,9 +81,11 @@ impl Metrics {
             Box::new(leader.clone()),
             Box::new(admission.clone()),
         ] {
+            families.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             let _ = registry.register(c);
         }
         Metrics {
+            families,
             registry,
             reconciles,
             errors,
@@ -90,6 +94,12 @@ impl Metrics {
             leader,
             admission,
         }
+    }
+
+    /// The name of every metric family `/metrics` can show, including
+    /// those with no series yet: what dashboards and alert rules may use.
+    pub fn families(&self) -> &[String] {
+        &self.families
     }
 
     pub fn render(&self) -> String {

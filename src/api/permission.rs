@@ -228,6 +228,7 @@ impl PermissionService for PermissionApi {
                     .engine()
                     .check(&r.tenant, &r.vault, &item, now, r.explain || roll.is_some())?;
                 if !ctx.budget().exhausted() {
+                    self.state.metrics.tenant_decision(&r.tenant, res.allowed);
                     self.log_decision(roll, asked, &caller.name, r, ctx, &mut res, at, now);
                     return Ok(Response::new(check_response(&self.state.metrics, &res, at)));
                 }
@@ -252,6 +253,7 @@ impl PermissionService for PermissionApi {
                     })
                     .await??;
                 let (mut res, r, full) = res;
+                self.state.metrics.tenant_decision(&r.tenant, res.allowed);
                 self.log_decision(roll, asked, &caller.name, r, full, &mut res, at, now);
                 Ok(Response::new(check_response(&self.state.metrics, &res, at)))
             })
@@ -277,6 +279,7 @@ impl PermissionService for PermissionApi {
                 rate(index, &r.tenant, Kind::Checks, r.items.len().max(1) as u32)?;
                 let view = index.engine().view(&r.tenant, &r.vault)?;
                 let explain = r.explain;
+                let tenant = r.tenant.clone();
                 // Up to a thousand checks: on the bounded pool, each with its
                 // own full budget.
                 let results = self
@@ -310,6 +313,7 @@ impl PermissionService for PermissionApi {
                     .map(|res| pb::BulkCheckResult {
                         result: Some(match res {
                             Ok(c) => {
+                                self.state.metrics.tenant_decision(&tenant, c.allowed);
                                 pb::bulk_check_result::Result::Response(check_response(&self.state.metrics, &c, at))
                             }
                             Err(v) => pb::bulk_check_result::Result::Error(super::status::item_error(&v)),

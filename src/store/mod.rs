@@ -174,9 +174,9 @@ impl Default for StoreMetrics {
 }
 
 impl StoreMetrics {
-    pub fn register(&self, registry: &prometheus::Registry) {
-        let _ = registry.register(Box::new(self.transactions.clone()));
-        let _ = registry.register(Box::new(self.retries.clone()));
+    /// The store's collectors, for the server's registry.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![Box::new(self.transactions.clone()), Box::new(self.retries.clone())]
     }
 
     /// One transaction that ended with `result` after `attempts` attempts.

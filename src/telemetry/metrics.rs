@@ -3,9 +3,13 @@
 //! each in its own registry that `/metrics` renders.
 //!
 //! Labels stay low-cardinality: service, method, code, decision, reason,
-//! job and result; never a subject, resource or tenant.
+//! job and result; never a subject or resource. The one tenant label is the
+//! top-level tenant (`acme` for `acme/eng/platform`), for the first
+//! [`MAX_TENANT_LABELS`] seen; later ones count as `_other`, so a SaaS
+//! with 100k tenants adds at most that many series.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use prometheus::{
@@ -26,6 +30,8 @@ pub struct Metrics {
     pub index_lag: IntGauge,
     pub leader: IntGauge,
     pub leader_epoch: IntGauge,
+    /// 1 while health reports SERVING (index loaded and current).
+    pub serving: IntGauge,
     pub job_runs: IntCounterVec,
     pub job_seconds: HistogramVec,
     pub index_divergence: IntCounter,
@@ -40,7 +46,18 @@ pub struct Metrics {
     pub checks_offloaded: IntCounter,
     pub tenant_usage: IntGaugeVec,
     pub tenants_over_limit: IntGauge,
+    /// Checks by top-level tenant and decision ([`Metrics::tenant_decision`]).
+    tenant_decisions: IntCounterVec,
+    tenant_labels: RwLock<HashSet<Box<str>>>,
+    /// Every metric family's name, including those with no series yet.
+    families: Vec<String>,
 }
+
+/// Distinct top-level tenants given their own label value.
+pub const MAX_TENANT_LABELS: usize = 100;
+
+/// The label value of tenants past [`MAX_TENANT_LABELS`].
+pub const OTHER_TENANTS: &str = "_other";
 
 impl Metrics {
     /// A fresh set, registered in its own registry.
@@ -86,6 +103,11 @@ impl Metrics {
         let leader_epoch = IntGauge::new(
             "portcullis_leader_epoch",
             "The fencing epoch of the lease this replica last held.",
+        )
+        .expect("valid metric");
+        let serving = IntGauge::new(
+            "portcullis_serving",
+            "1 while this replica's health reports SERVING; 0 while loading, behind the store or draining.",
         )
         .expect("valid metric");
         let job_runs = IntCounterVec::new(
@@ -157,8 +179,19 @@ impl Metrics {
             "Tenants holding more than one of their limits allows.",
         )
         .expect("valid metric");
-        let m = Metrics {
+        let tenant_decisions = IntCounterVec::new(
+            Opts::new(
+                "portcullis_tenant_check_decisions_total",
+                "Check decisions by top-level tenant (the first 100 seen; later ones as _other) and decision.",
+            ),
+            &["tenant", "decision"],
+        )
+        .expect("valid metric");
+        let mut m = Metrics {
+            families: Vec::new(),
             registry: Registry::new(),
+            tenant_decisions,
+            tenant_labels: RwLock::new(HashSet::new()),
             store: StoreMetrics::default(),
             grpc_handled,
             grpc_seconds,
@@ -168,6 +201,7 @@ impl Metrics {
             index_lag,
             leader,
             leader_epoch,
+            serving,
             job_runs,
             job_seconds,
             index_divergence,
@@ -181,8 +215,7 @@ impl Metrics {
             tenant_usage,
             tenants_over_limit,
         };
-        m.store.register(&m.registry);
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+        let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.grpc_handled.clone()),
             Box::new(m.grpc_seconds.clone()),
             Box::new(m.decisions.clone()),
@@ -191,6 +224,7 @@ impl Metrics {
             Box::new(m.index_lag.clone()),
             Box::new(m.leader.clone()),
             Box::new(m.leader_epoch.clone()),
+            Box::new(m.serving.clone()),
             Box::new(m.job_runs.clone()),
             Box::new(m.job_seconds.clone()),
             Box::new(m.index_divergence.clone()),
@@ -203,8 +237,11 @@ impl Metrics {
             Box::new(m.checks_offloaded.clone()),
             Box::new(m.tenant_usage.clone()),
             Box::new(m.tenants_over_limit.clone()),
+            Box::new(m.tenant_decisions.clone()),
         ];
+        collectors.extend(m.store.collectors());
         for c in collectors {
+            m.families.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             // Registration fails only on a duplicate name, a programming
             // error the tests catch.
             let _ = m.registry.register(c);
@@ -220,6 +257,39 @@ impl Metrics {
             method,
             start: Instant::now(),
         }
+    }
+
+    /// The name of every metric family `/metrics` can show (a labelled
+    /// family shows only once it has a series): what dashboards and alert
+    /// rules may refer to.
+    pub fn families(&self) -> &[String] {
+        &self.families
+    }
+
+    /// Counts a check of `tenant` under its top-level tenant's label.
+    pub fn tenant_decision(&self, tenant: &str, allowed: bool) {
+        let top = tenant.split('/').next().unwrap_or(tenant);
+        let known = self
+            .tenant_labels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(top);
+        let label = if known {
+            top
+        } else {
+            let mut seen = self.tenant_labels.write().unwrap_or_else(|e| e.into_inner());
+            if seen.len() < MAX_TENANT_LABELS {
+                seen.insert(top.into());
+                top
+            } else if seen.contains(top) {
+                top
+            } else {
+                OTHER_TENANTS
+            }
+        };
+        self.tenant_decisions
+            .with_label_values(&[label, if allowed { "ALLOWED" } else { "DENIED" }])
+            .inc();
     }
 
     /// The metrics in Prometheus' text format.
@@ -277,6 +347,25 @@ pub fn code_name(c: tonic::Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenant_labels_are_top_level_and_bounded() {
+        let m = Metrics::new();
+        m.tenant_decision("acme/eng/platform", true);
+        m.tenant_decision("acme", false);
+        for i in 0..MAX_TENANT_LABELS + 50 {
+            m.tenant_decision(&format!("t{i}/x"), true);
+        }
+        let text = m.render();
+        assert!(text.contains(r#"portcullis_tenant_check_decisions_total{decision="ALLOWED",tenant="acme"} 1"#));
+        assert!(text.contains(r#"portcullis_tenant_check_decisions_total{decision="DENIED",tenant="acme"} 1"#));
+        assert!(!text.contains("acme/eng"));
+        // acme took one of the labels: t0..t98 have theirs, the rest share one.
+        assert!(text.contains(r#"tenant="t98""#) && !text.contains(r#"tenant="t99""#));
+        assert!(text.contains(r#"portcullis_tenant_check_decisions_total{decision="ALLOWED",tenant="_other"} 51"#));
+        let series = text.lines().filter(|l| l.starts_with("portcullis_tenant_check_decisions_total{")).count();
+        assert_eq!(series, MAX_TENANT_LABELS + 2);
+    }
 
     #[test]
     fn two_servers_count_apart_and_render_their_own() {
