@@ -24,10 +24,7 @@ use tower::ServiceExt;
 async fn portcullis() -> (Running, Client) {
     let srv = start(ServeOptions::for_tests()).await;
     let c = Config::new(format!("http://{}", srv.addr)).connect().await.unwrap();
-    let docs = portcullis::manifest::parse_documents(include_str!("../examples/acme.yaml")).unwrap();
-    c.apply(&portcullis::manifest::writes_of(&docs).unwrap())
-        .await
-        .expect("the example applies");
+    seed_acme(&c).await;
     (srv, c)
 }
 

@@ -144,6 +144,14 @@ pub async fn is_allowed(p: &mut Perm, subject: &str, action: &str, resource: &st
     p.check_permission(r).await.unwrap().into_inner().decision == pb::Decision::Allowed as i32
 }
 
+/// `examples/acme.yaml` applied through `c`, as the README's "Try it" does.
+pub async fn seed_acme(c: &portcullis_client::Client) {
+    let docs = portcullis::manifest::parse_documents(include_str!("../../examples/acme.yaml")).unwrap();
+    c.apply(&portcullis::manifest::writes_of(&docs).unwrap())
+        .await
+        .expect("the example applies");
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
