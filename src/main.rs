@@ -5,7 +5,6 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = portcullis::cli::Cli::parse();
-    portcullis::telemetry::init_logging(cli.log_format);
     let done = portcullis::cli::runtime()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(portcullis::cli::run(cli)));

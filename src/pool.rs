@@ -70,8 +70,12 @@ impl Pool {
                     .map_err(|_| ServiceError::ShuttingDown)?
             }
         };
+        // The caller's span follows the work onto the blocking thread, so
+        // store transactions trace as children of their RPC.
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            let _in = span.enter();
             f()
         })
         .await

@@ -40,6 +40,9 @@ pub const SERVICES: [&str; 4] = [
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
+    /// A span per RPC ([`crate::telemetry::traces`]): on when traces are
+    /// exported.
+    pub trace_requests: bool,
     pub metrics_listen: Option<SocketAddr>,
     pub backend: Backend,
     pub keys: Keys,
@@ -102,6 +105,7 @@ impl ServeOptions {
     pub fn for_tests() -> ServeOptions {
         ServeOptions {
             listen: "127.0.0.1:0".parse().expect("valid"),
+            trace_requests: false,
             metrics_listen: Some("127.0.0.1:0".parse().expect("valid")),
             backend: Backend::Memory,
             keys: Keys::none(),
@@ -392,6 +396,7 @@ pub async fn start(opts: ServeOptions) -> Result<Running, StartError> {
     let router = Server::builder()
         .timeout(opts.request_timeout)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(crate::telemetry::traces::GrpcTraceLayer::new(opts.trace_requests))
         .layer(tower::util::MapResponseLayer::new(
             message_too_large_is_resource_exhausted,
         ))

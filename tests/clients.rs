@@ -49,11 +49,18 @@ fn assert_answers(out: &str, allowed: &str, denied: &str, explicit_deny: &str) {
         "{out}"
     );
     assert!(
-        lines.contains(&format!("check user:bob documents:read document:security/keys {denied} {explicit_deny}").as_str()),
+        lines.contains(
+            &format!("check user:bob documents:read document:security/keys {denied} {explicit_deny}").as_str()
+        ),
         "{out}"
     );
     // The MFA condition read the request context.
-    assert!(lines.iter().any(|l| l.starts_with("check user:alice documents:delete document:x") && l.contains(allowed)), "{out}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("check user:alice documents:delete document:x") && l.contains(allowed)),
+        "{out}"
+    );
     assert!(lines.iter().any(|l| l.starts_with("grant ")), "{out}");
 }
 
@@ -61,7 +68,10 @@ fn assert_answers(out: &str, allowed: &str, denied: &str, explicit_deny: &str) {
 // server answers them from the runtime's other worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_clients_call_a_running_server() {
-    let (Some(py), true) = (python(), root().join("clients/typescript/node_modules/.bin/buf").exists()) else {
+    let (Some(py), true) = (
+        python(),
+        root().join("clients/typescript/node_modules/.bin/buf").exists(),
+    ) else {
         println!(
             "SKIPPED: the generated clients need PORTCULLIS_TEST_PYTHON (with clients/python/requirements.txt) and `npm ci` in clients/typescript"
         );
@@ -79,13 +89,22 @@ async fn generated_clients_call_a_running_server() {
         .args(["--target", &target])
         .env("PYTHONPATH", root().join("clients/python/gen")));
     println!("python:\n{out}");
-    assert_answers(&out, "DECISION_ALLOWED REASON_ALLOWED", "DECISION_DENIED", "REASON_EXPLICIT_DENY");
+    assert_answers(
+        &out,
+        "DECISION_ALLOWED REASON_ALLOWED",
+        "DECISION_DENIED",
+        "REASON_EXPLICIT_DENY",
+    );
     // The machine-readable reason, from the status details.
     assert!(out.lines().any(|l| l == "refused NOT_FOUND VAULT_NOT_FOUND"), "{out}");
 
     let ts = root().join("clients/typescript");
-    run(Command::new(Path::new(&ts).join("node_modules/.bin/tsc")).args(["-p"]).arg(&ts));
-    let out = run(Command::new("node").arg(ts.join("dist/example.js")).args(["--target", &target]));
+    run(Command::new(Path::new(&ts).join("node_modules/.bin/tsc"))
+        .args(["-p"])
+        .arg(&ts));
+    let out = run(Command::new("node")
+        .arg(ts.join("dist/example.js"))
+        .args(["--target", &target]));
     println!("typescript:\n{out}");
     assert_answers(&out, "ALLOWED ALLOWED", "DENIED", "EXPLICIT_DENY");
     assert!(out.lines().any(|l| l == "refused NotFound"), "{out}");

@@ -22,7 +22,11 @@ fn families() -> BTreeSet<String> {
 fn metrics_in(expr: &str, known: &BTreeSet<String>) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = expr;
-    while let Some(i) = ["portcullis_", "grpc_server_"].iter().filter_map(|p| rest.find(p)).min() {
+    while let Some(i) = ["portcullis_", "grpc_server_"]
+        .iter()
+        .filter_map(|p| rest.find(p))
+        .min()
+    {
         let tail = &rest[i..];
         let end = tail
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
@@ -76,14 +80,24 @@ fn the_dashboard_reads_only_metrics_that_exist() {
         .collect();
     let mut used = BTreeSet::new();
     for p in &panels {
-        let targets = p["targets"].as_array().unwrap_or_else(|| panic!("panel {} has targets", p["title"]));
+        let targets = p["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("panel {} has targets", p["title"]));
         assert!(!targets.is_empty(), "panel {} queries something", p["title"]);
         for t in targets {
             let expr = t["expr"].as_str().expect("a PromQL target");
             let names = metrics_in(expr, &known);
-            assert!(!names.is_empty(), "panel {}: {expr} reads no Portcullis metric", p["title"]);
+            assert!(
+                !names.is_empty(),
+                "panel {}: {expr} reads no Portcullis metric",
+                p["title"]
+            );
             for n in names {
-                assert!(known.contains(&n), "panel {} reads {n}, which nothing registers", p["title"]);
+                assert!(
+                    known.contains(&n),
+                    "panel {} reads {n}, which nothing registers",
+                    p["title"]
+                );
                 used.insert(n);
             }
         }
@@ -129,7 +143,10 @@ fn alert_rules_check_and_link_their_runbooks() {
         let alert = r["alert"].as_str().expect("an alert name");
         alerts.insert(alert.to_string());
         let expr = r["expr"].as_str().expect("an expression");
-        assert!(expr.contains(r#"namespace="portcullis""#), "{alert} is confined to the release's namespace");
+        assert!(
+            expr.contains(r#"namespace="portcullis""#),
+            "{alert} is confined to the release's namespace"
+        );
         for n in metrics_in(expr, &known) {
             assert!(known.contains(&n), "{alert} reads {n}, which nothing registers");
         }
@@ -166,4 +183,36 @@ fn alert_rules_check_and_link_their_runbooks() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn traces_are_off_unless_an_otlp_endpoint_is_set() {
+    let Some(helm) = helm() else { return };
+    let args_of = |docs: &[serde_yaml::Value]| -> Vec<String> {
+        let w = docs
+            .iter()
+            .find(|d| kind_of(d) == "Deployment" && name_of(d) == "rel-portcullis")
+            .expect("the service Deployment");
+        w["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str().map(String::from))
+            .collect()
+    };
+    assert!(
+        !args_of(&render(&helm, &[], &[]))
+            .iter()
+            .any(|a| a.starts_with("--otlp-endpoint"))
+    );
+    let docs = render(
+        &helm,
+        &[
+            "service.otlpEndpoint=http://otel-collector:4317",
+            "service.extraEnv[0].name=OTEL_SERVICE_NAME",
+            "service.extraEnv[0].value=authz",
+        ],
+        &[],
+    );
+    assert!(args_of(&docs).contains(&"--otlp-endpoint=http://otel-collector:4317".to_string()));
 }

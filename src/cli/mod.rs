@@ -45,7 +45,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check one permission.
     Check(CheckArgs),
     /// Apply manifests (Tenant, Vault, Role, Binding, Membership documents).
@@ -99,6 +99,12 @@ pub struct ServeArgs {
     /// gRPC listen address.
     #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Export OpenTelemetry traces (a span per RPC and per store
+    /// transaction, parented by the caller's W3C `traceparent`) to this
+    /// OTLP/gRPC collector, e.g. `http://otel-collector:4317`. Off when
+    /// unset.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Prometheus metrics listen address.
     #[arg(long, env = "PORTCULLIS_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
     pub metrics_listen: SocketAddr,
@@ -214,6 +220,7 @@ impl ServeArgs {
         };
         Ok(ServeOptions {
             listen: self.listen,
+            trace_requests: self.otlp_endpoint.is_some(),
             metrics_listen: Some(self.metrics_listen),
             backend: match self.store {
                 StoreKind::Embedded => Backend::Embedded {
@@ -451,10 +458,17 @@ pub fn report(e: &anyhow::Error) -> String {
 }
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let otlp = match &cli.command {
+        Command::Serve(args) => args.otlp_endpoint.clone(),
+        _ => None,
+    };
+    // Inside the runtime: the OTLP exporter needs one.
+    let traces = crate::telemetry::init(cli.log_format, otlp.as_deref())?;
     let done = match cli.command {
         Command::Serve(args) => {
             let opts = args.options()?;
             let result = crate::server::run(opts).await;
+            drop(traces);
             #[cfg(feature = "fdb")]
             crate::store::fdb::stop_network();
             result?;

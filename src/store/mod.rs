@@ -120,10 +120,25 @@ pub fn run<T, E: TxError>(
     metrics: &StoreMetrics,
     mut body: impl FnMut(&mut dyn Transaction) -> Result<T, E>,
 ) -> Result<(T, u64), E> {
+    // A child span of the RPC that runs it, when traces are on (only RPCs
+    // open spans, so lease renewals and jobs do not each start a trace).
+    let span = if tracing::Span::current().is_disabled() {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
+            "store.transaction",
+            otel.kind = "internal",
+            db.system = store.backend(),
+            attempts = tracing::field::Empty,
+            result = tracing::field::Empty,
+        )
+    };
+    let _in = span.enter();
     let mut delay = Duration::from_micros(500);
     let mut attempt = 0;
     loop {
         attempt += 1;
+        span.record("attempts", attempt);
         let result: Result<(T, u64), E> = (|| {
             let mut tx = store.begin()?;
             let value = body(&mut *tx)?;
@@ -133,12 +148,14 @@ pub fn run<T, E: TxError>(
         match result {
             Ok(v) => {
                 metrics.record("committed", attempt);
+                span.record("result", "committed");
                 return Ok(v);
             }
             Err(e) => {
                 let retry = e.store_error().is_some_and(StoreError::retryable) && attempt < MAX_ATTEMPTS;
                 if !retry {
                     metrics.record("failed", attempt);
+                    span.record("result", "failed");
                     return Err(e);
                 }
                 std::thread::sleep(delay);

@@ -363,7 +363,10 @@ mod tests {
         // acme took one of the labels: t0..t98 have theirs, the rest share one.
         assert!(text.contains(r#"tenant="t98""#) && !text.contains(r#"tenant="t99""#));
         assert!(text.contains(r#"portcullis_tenant_check_decisions_total{decision="ALLOWED",tenant="_other"} 51"#));
-        let series = text.lines().filter(|l| l.starts_with("portcullis_tenant_check_decisions_total{")).count();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("portcullis_tenant_check_decisions_total{"))
+            .count();
         assert_eq!(series, MAX_TENANT_LABELS + 2);
     }
 

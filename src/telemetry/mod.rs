@@ -1,7 +1,9 @@
-//! Logs (tracing) and the server's Prometheus metrics ([`Metrics`]),
-//! served on their own listener.
+//! Logs (tracing), OpenTelemetry traces ([`traces`], off by default) and
+//! the server's Prometheus metrics ([`Metrics`]), served on their own
+//! listener.
 
 mod metrics;
+pub mod traces;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,15 +41,37 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; `RUST_LOG` filters (default `info`).
-pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
+/// Installs the global subscriber: logs to stderr, filtered by `RUST_LOG`
+/// (default `info`), and, with an OTLP endpoint, spans to it (at `info`
+/// whatever `RUST_LOG` says). Keep the returned [`traces::Traces`] alive
+/// while serving: dropping it flushes the last spans. Needs a Tokio runtime
+/// when `otlp` is set. A second call installs nothing.
+pub fn init(format: LogFormat, otlp: Option<&str>) -> Result<Option<traces::Traces>, traces::TraceError> {
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, Registry};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
     };
+    let logs = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    match otlp {
+        Some(endpoint) => {
+            let (traces, layer) = traces::Traces::start(endpoint)?;
+            let _ = logs.with(layer.with_filter(LevelFilter::INFO)).try_init();
+            Ok(Some(traces))
+        }
+        None => {
+            let _ = logs.try_init();
+            Ok(None)
+        }
+    }
+}
+
+/// [`init`] without traces: logs only.
+pub fn init_logging(format: LogFormat) {
+    let _ = init(format, None);
 }
