@@ -92,6 +92,11 @@ async fn apply_check_export_import() {
         ],
     );
     assert!(ok, "{out}");
+    // Not a terminal: progress as plain lines on stderr.
+    assert!(
+        out.lines().any(|l| l.starts_with("exporting ") && l.ends_with("/s)")),
+        "{out}"
+    );
     let exported = std::fs::read_to_string(&file).unwrap();
     assert!(
         exported.contains("kind: Binding") && exported.contains("kind: Membership"),
@@ -117,6 +122,10 @@ async fn apply_check_export_import() {
         ],
     );
     assert!(ok && out.contains("4 bindings"), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("importing ") && l.contains("/")),
+        "{out}"
+    );
     let (_, out) = cli(
         &ep,
         &[
@@ -288,6 +297,198 @@ async fn audit_list_verify_and_export() {
 
 /// Completions and the man page come from the clap definitions, so every
 /// command and flag is in them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_describe_and_json_outputs() {
+    let srv = start(ServeOptions::for_tests()).await;
+    let ep = format!("http://{}", srv.addr);
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/acme.yaml");
+    assert!(cli(&ep, &["apply", "-f", example]).0);
+
+    let (ok, out) = cli(&ep, &["get", "tenants"]);
+    assert!(ok, "{out}");
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "STATUS", "REVISION"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("acme/eng/platform ") && l.contains("ACTIVE")),
+        "{out}"
+    );
+    let (_, wide) = cli(&ep, &["get", "tenants", "acme", "-o", "wide"]);
+    assert!(wide.lines().next().unwrap().contains("DISPLAY NAME"), "{wide}");
+    assert_eq!(wide.lines().count(), 2, "one tenant: {wide}");
+
+    let (_, out) = cli(&ep, &["get", "roles", "--tenant", "acme", "-o", "wide"]);
+    assert!(
+        out.contains("INHERITS") && out.contains("doc-writer") && out.contains("doc-reader"),
+        "{out}"
+    );
+    let (ok, out) = cli(&ep, &["get", "roles"]);
+    assert!(!ok && out.contains("--tenant"), "{out}");
+
+    // YAML and JSON are manifests: applying them back changes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    for (format, args) in [
+        ("yaml", vec!["get", "roles", "--tenant", "acme", "-o", "yaml"]),
+        (
+            "json",
+            vec![
+                "get",
+                "bindings",
+                "--tenant",
+                "acme/eng/platform",
+                "--vault",
+                "docs",
+                "-o",
+                "json",
+            ],
+        ),
+        (
+            "json",
+            vec![
+                "get",
+                "memberships",
+                "--tenant",
+                "acme/eng/platform",
+                "--vault",
+                "docs",
+                "-o",
+                "json",
+            ],
+        ),
+        (
+            "yaml",
+            vec!["get", "vaults", "docs", "--tenant", "acme/eng/platform", "-o", "yaml"],
+        ),
+    ] {
+        let (ok, out) = cli(&ep, &args);
+        assert!(ok, "{out}");
+        let docs = portcullis::manifest::parse_documents(&out).unwrap_or_else(|e| panic!("{e}:\n{out}"));
+        assert!(!docs.is_empty(), "{out}");
+        if format == "json" {
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["kind"], "List", "{out}");
+        }
+        let file = dir.path().join(format!("out.{format}"));
+        std::fs::write(&file, &out).unwrap();
+        let (ok, applied) = cli(&ep, &["apply", "-f", file.to_str().unwrap()]);
+        assert!(ok, "{applied}");
+        let changed = applied
+            .lines()
+            .any(|l| l.contains(" applied") || (l.contains(" written at ") && !l.starts_with("0 ")));
+        assert!(!changed, "{args:?} changed something:\n{applied}");
+    }
+    let (_, out) = cli(
+        &ep,
+        &[
+            "get",
+            "bindings",
+            "platform-writers",
+            "--tenant",
+            "acme/eng/platform",
+            "--vault",
+            "docs",
+        ],
+    );
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let (ok, out) = cli(
+        &ep,
+        &[
+            "get",
+            "bindings",
+            "nope",
+            "--tenant",
+            "acme/eng/platform",
+            "--vault",
+            "docs",
+        ],
+    );
+    assert!(!ok && out.contains("no binding \"nope\""), "{out}");
+
+    let (ok, out) = cli(&ep, &["describe", "role", "doc-writer", "--tenant", "acme"]);
+    assert!(ok && out.starts_with("Role:") && out.contains("Statements:"), "{out}");
+    let (_, out) = cli(&ep, &["describe", "tenants", "acme"]);
+    assert!(out.contains("Limits:") && out.contains("Usage:"), "{out}");
+    let (_, out) = cli(
+        &ep,
+        &[
+            "describe",
+            "memberships",
+            "--tenant",
+            "acme/eng/platform",
+            "--vault",
+            "docs",
+        ],
+    );
+    assert!(out.contains("Members ("), "{out}");
+
+    let ask = |cmd: &str, extra: &[&str]| {
+        let mut a = vec![cmd, "--tenant", "acme/eng/platform", "--vault", "docs", "-o", "json"];
+        a.extend_from_slice(extra);
+        let (ok, out) = cli(&ep, &a);
+        assert!(ok, "{out}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let v = ask(
+        "check",
+        &[
+            "--subject",
+            "user:carol",
+            "--action",
+            "documents:read",
+            "--resource",
+            "document:design.md",
+            "--explain",
+        ],
+    );
+    assert_eq!(v["decision"], "ALLOWED");
+    assert_eq!(v["reason"], "ALLOWED");
+    assert!(v["checkedAt"].as_str().unwrap().starts_with("v1."));
+    assert_eq!(v["explanation"]["entries"][0]["bindingId"], "platform-writers");
+    let v = ask(
+        "lookup-resources",
+        &["--subject", "user:carol", "--action", "documents:read"],
+    );
+    assert_eq!(v["grants"][0]["bindingId"], "platform-writers");
+    assert_eq!(v["suspended"], false);
+    let v = ask(
+        "lookup-subjects",
+        &["--action", "documents:read", "--resource", "document:design.md"],
+    );
+    let subjects: Vec<&str> = v["subjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["subject"].as_str().unwrap())
+        .collect();
+    assert!(subjects.contains(&"user:carol"), "{v}");
+    let v = ask("effective", &["--subject", "user:carol"]);
+    assert!(
+        v["statements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["bindingId"] == "platform-writers"),
+        "{v}"
+    );
+    // And as text.
+    let (ok, out) = cli(
+        &ep,
+        &[
+            "lookup-subjects",
+            "--tenant",
+            "acme/eng/platform",
+            "--vault",
+            "docs",
+            "--action",
+            "documents:read",
+            "--resource",
+            "document:design.md",
+        ],
+    );
+    assert!(ok && out.lines().any(|l| l == "user:carol"), "{out}");
+    srv.shutdown().await;
+}
+
 #[test]
 fn completions_and_the_man_page_are_generated() {
     let run = |args: &[&str]| {

@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod audit;
+mod get;
+mod lookup;
+mod progress;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -46,8 +49,15 @@ pub struct Cli {
 pub enum Command {
     /// Run the server.
     Serve(Box<ServeArgs>),
-    /// Check one permission.
-    Check(CheckArgs),
+    /// Check one permission (`-o json` for scripts).
+    Check(lookup::CheckArgs),
+    /// What a subject may do an action on, as rules (scope and resource
+    /// patterns, conditions).
+    LookupResources(lookup::LookupResourcesArgs),
+    /// Who may do an action on a resource: every subject, groups expanded.
+    LookupSubjects(lookup::LookupSubjectsArgs),
+    /// Every statement that reaches a subject, with where it comes from.
+    Effective(lookup::EffectiveArgs),
     /// Apply manifests (Tenant, Vault, Role, Binding, Membership documents).
     Apply(ApplyArgs),
     /// Show what applying a manifest would change: each object, and the
@@ -58,6 +68,11 @@ pub enum Command {
     Import(ImportArgs),
     /// Write a vault, its roles, bindings and memberships as a manifest.
     Export(ExportArgs),
+    /// List objects (`get tenants`, `get roles --tenant acme`, ...) as a
+    /// table, or as manifests `apply -f` reads back (`-o yaml|json`).
+    Get(get::GetArgs),
+    /// Show objects in detail: limits and usage, statements, members.
+    Describe(get::DescribeArgs),
     /// Ask a server's gRPC health service; exit 0 when SERVING (for probes).
     Health {
         #[command(flatten)]
@@ -295,31 +310,6 @@ pub struct ClientArgs {
     pub client_key: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
-pub struct CheckArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    #[arg(long)]
-    pub tenant: String,
-    #[arg(long)]
-    pub vault: String,
-    #[arg(long)]
-    pub subject: String,
-    #[arg(long)]
-    pub action: String,
-    #[arg(long)]
-    pub resource: String,
-    /// Request attributes as a JSON object, for conditions' `context`.
-    #[arg(long)]
-    pub context: Option<String>,
-    /// Print which statements applied.
-    #[arg(long)]
-    pub explain: bool,
-    /// Wait until the server has caught up to this revision token.
-    #[arg(long)]
-    pub at_least_as_fresh: Option<String>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
     Text,
@@ -474,11 +464,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             result?;
             Ok(())
         }
-        Command::Check(a) => check(a).await,
+        Command::Check(a) => lookup::check(a).await,
+        Command::LookupResources(a) => lookup::lookup_resources(a).await,
+        Command::LookupSubjects(a) => lookup::lookup_subjects(a).await,
+        Command::Effective(a) => lookup::effective(a).await,
         Command::Apply(a) => apply(a).await,
         Command::Diff(a) => return diff(a).await,
         Command::Import(a) => import(a).await,
         Command::Export(a) => export(a).await,
+        Command::Get(a) => get::get(a).await,
+        Command::Describe(a) => get::describe(a).await,
         Command::Health { client, service } => health(client, service).await,
         Command::Test(a) => return Ok(policy_test(a)),
         Command::Audit(a) => return audit::run(a).await,
@@ -559,78 +554,6 @@ async fn health(c: ClientArgs, service: String) -> Result<()> {
     }
 }
 
-async fn check(a: CheckArgs) -> Result<()> {
-    let client = connect(&a.client).await?;
-    let context = match &a.context {
-        Some(j) => {
-            let v: serde_json::Value = serde_json::from_str(j).context("--context must be a JSON object")?;
-            let Some(m) = v.as_object() else {
-                bail!("--context must be a JSON object")
-            };
-            Some(convert::json_to_struct(m))
-        }
-        None => None,
-    };
-    let consistency = a.at_least_as_fresh.map(|t| pb::Consistency {
-        requirement: Some(pb::consistency::Requirement::AtLeastAsFresh(t)),
-    });
-    let resp = client
-        .check_permission(pb::CheckPermissionRequest {
-            tenant: a.tenant,
-            vault: a.vault,
-            subject: a.subject,
-            action: a.action,
-            resource: a.resource,
-            context,
-            consistency,
-            explain: a.explain,
-        })
-        .await?;
-    let decision = pb::Decision::try_from(resp.decision)
-        .map(|d| d.as_str_name())
-        .unwrap_or("?");
-    let reason = pb::Reason::try_from(resp.reason)
-        .map(|r| r.as_str_name())
-        .unwrap_or("?");
-    println!(
-        "{} ({reason}) at {}",
-        decision.trim_start_matches("DECISION_"),
-        resp.checked_at
-    );
-    if let Some(ex) = resp.explanation {
-        if !ex.suspended_by.is_empty() {
-            println!("  tenant {} is suspended", ex.suspended_by);
-        }
-        for e in ex.entries {
-            let effect = pb::Effect::try_from(e.effect).map(|x| x.as_str_name()).unwrap_or("?");
-            let stmt = if e.sid.is_empty() {
-                format!("#{}", e.index)
-            } else {
-                e.sid.clone()
-            };
-            let scope = if e.binding_vault.is_empty() {
-                e.binding_tenant.clone()
-            } else {
-                format!("{}:{}", e.binding_tenant, e.binding_vault)
-            };
-            let outcome = if e.message.is_empty() {
-                String::new()
-            } else {
-                format!(" CONDITION_ERROR: {}", e.message)
-            };
-            println!(
-                "  {} binding {} ({scope}) via {} role {} statement {stmt}{}{outcome}",
-                effect.trim_start_matches("EFFECT_"),
-                e.binding_id,
-                e.group_path.join(" > "),
-                e.role,
-                if e.counted { "" } else { " (not counted)" }
-            );
-        }
-    }
-    Ok(())
-}
-
 /// Plans applying a manifest; prints the plan.
 async fn plan_of(client: &ClientArgs, file: &PathBuf, output: OutputFormat) -> Result<pb::PlanChangesResponse> {
     let text = read_input(file)?;
@@ -708,21 +631,23 @@ async fn import(a: ImportArgs) -> Result<()> {
     }
     let mut client = connect(&a.client).await?.admin();
     let (tenant, vault) = (a.tenant.clone(), a.vault.clone());
-    let stream = tokio_stream::iter(
-        items
-            .into_iter()
-            .enumerate()
-            .map(move |(i, item)| pb::ImportVaultRequest {
-                tenant: if i == 0 { tenant.clone() } else { String::new() },
-                vault: if i == 0 { vault.clone() } else { String::new() },
-                item: Some(item),
-            }),
-    );
+    let progress = std::sync::Arc::new(progress::Progress::new("importing", Some(items.len() as u64)));
+    let sent = progress.clone();
+    // Counted as the stream hands each item to the transport.
+    let stream = tokio_stream::iter(items.into_iter().enumerate().map(move |(i, item)| {
+        sent.inc(1);
+        pb::ImportVaultRequest {
+            tenant: if i == 0 { tenant.clone() } else { String::new() },
+            vault: if i == 0 { vault.clone() } else { String::new() },
+            item: Some(item),
+        }
+    }));
     let r = client
         .import_vault(stream)
         .await
         .map_err(portcullis_client::Error::from)?
         .into_inner();
+    progress.finish();
     println!(
         "imported {} roles, {} bindings, {} memberships at {}",
         r.roles, r.bindings, r.memberships, r.written_at
@@ -742,25 +667,18 @@ async fn export(a: ExportArgs) -> Result<()> {
         .map_err(portcullis_client::Error::from)?
         .into_inner();
     let mut docs = Vec::new();
-    let tenant_name = manifest::tenant_name_of_id(&a.tenant);
     let mut revision = String::new();
+    let progress = progress::Progress::new("exporting", None);
     while let Some(item) = stream.next().await {
         let item = item.map_err(portcullis_client::Error::from)?;
+        progress.inc(1);
         revision = item.revision.clone();
         use pb::export_vault_response::Item;
         match item.item {
-            Some(Item::Vault(v)) => docs.push(Document::Vault {
-                api_version: manifest::API_VERSION.into(),
-                metadata: manifest::Metadata {
-                    name: v.name,
-                    ..Default::default()
-                },
-                spec: manifest::VaultSpec {
-                    tenant: tenant_name.clone(),
-                    display_name: v.display_name,
-                    ..Default::default()
-                },
-            }),
+            Some(Item::Vault(v)) => {
+                let v = convert::vault_from(&v, "vault").map_err(|e| anyhow::anyhow!("{e}"))?;
+                docs.push(manifest::vault_doc(&v));
+            }
             Some(Item::Role(r)) => {
                 let role = convert::role_from(&r, "role").map_err(|e| anyhow::anyhow!("{e}"))?;
                 docs.push(manifest::role_doc(&role));
@@ -768,31 +686,17 @@ async fn export(a: ExportArgs) -> Result<()> {
             Some(Item::Binding(b)) => {
                 let b =
                     convert::binding_from(&b, "binding", &a.tenant, &a.vault).map_err(|e| anyhow::anyhow!("{e}"))?;
-                docs.push(Document::Binding {
-                    api_version: manifest::API_VERSION.into(),
-                    metadata: Default::default(),
-                    spec: manifest::BindingDocSpec {
-                        tenant: tenant_name.clone(),
-                        vault: Some(a.vault.clone()),
-                        binding: manifest::binding_spec(&b),
-                    },
-                });
+                docs.push(manifest::binding_doc(&b));
             }
-            Some(Item::Membership(m)) => docs.push(Document::Membership {
-                api_version: manifest::API_VERSION.into(),
-                metadata: Default::default(),
-                spec: manifest::MembershipDocSpec {
-                    tenant: tenant_name.clone(),
-                    vault: Some(a.vault.clone()),
-                    membership: manifest::MembershipSpec {
-                        group: m.group,
-                        members: vec![m.member],
-                    },
-                },
-            }),
+            Some(Item::Membership(m)) => {
+                let m = convert::membership_from(&m, "membership", &a.tenant, &a.vault)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                docs.push(manifest::membership_doc(&m));
+            }
             None => {}
         }
     }
+    progress.finish();
     let text = format!("# exported at {revision}\n{}", manifest::to_yaml(&docs));
     match a.output {
         Some(p) => std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?,

@@ -12,6 +12,7 @@
 //! A Tenant's name is its id with `/` written as `.` (`acme.eng` is tenant
 //! `acme/eng`), since Kubernetes names cannot hold `/`.
 
+mod docs;
 mod writes;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::engine::ids::*;
 use crate::engine::model::*;
 
+pub use docs::{binding_doc, membership_doc, role_doc, tenant_doc, vault_doc};
 pub use writes::{DocumentError, Objects, objects_of, vault_of, writes_of};
 
 pub const API_VERSION: &str = "portcullis.dev/v1alpha1";
@@ -282,6 +284,21 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, String> {
         if value.is_null() {
             continue;
         }
+        // kubectl's `kind: List` (what `get -o json` prints for several
+        // objects) holds its documents in `items`.
+        if value.get("kind").and_then(|k| k.as_str()) == Some("List") {
+            let items = value
+                .get("items")
+                .and_then(|v| v.as_sequence())
+                .cloned()
+                .unwrap_or_default();
+            for (j, item) in items.into_iter().enumerate() {
+                let doc: Document =
+                    serde_yaml::from_value(item).map_err(|e| format!("document {} item {j}: {e}", i + 1))?;
+                out.push(doc);
+            }
+            continue;
+        }
         let doc: Document = serde_yaml::from_value(value).map_err(|e| format!("document {}: {e}", i + 1))?;
         out.push(doc);
     }
@@ -477,24 +494,6 @@ pub fn role_of(name: &str, spec: &RoleSpec, labels: &Labels) -> Result<Role, Vio
             labels: labels.clone(),
         }),
         _ => Err(v),
-    }
-}
-
-pub fn role_doc(r: &Role) -> Document {
-    Document::Role {
-        api_version: API_VERSION.into(),
-        metadata: Metadata {
-            name: r.name.to_string(),
-            namespace: None,
-            labels: Default::default(),
-        },
-        spec: RoleSpec {
-            tenant: tenant_name_of_id(r.tenant.as_str()),
-            vault: r.vault.as_ref().map(|v| v.to_string()),
-            description: r.description.clone(),
-            statements: r.statements.iter().map(statement_spec).collect(),
-            inherits: r.inherits.iter().map(|n| n.to_string()).collect(),
-        },
     }
 }
 
