@@ -71,56 +71,40 @@ pub trait PagedRequest: Clone + Send + Sync + 'static {
     fn page(client: &Client, request: Self) -> impl Future<Output = Result<(Vec<Self::Item>, String), Error>> + Send;
 }
 
-impl PagedRequest for pb::LookupSubjectsRequest {
-    type Item = pb::LookedUpSubject;
-    fn tenant(&self) -> &str {
-        &self.tenant
-    }
-    fn set_page_size(&mut self, n: u32) {
-        self.page_size = n;
-    }
-    fn set(&mut self, consistency: Option<pb::Consistency>, page_token: String) {
-        self.consistency = consistency;
-        self.page_token = page_token;
-    }
-    async fn page(client: &Client, request: Self) -> Result<(Vec<Self::Item>, String), Error> {
-        let p = &client.permission;
-        let r = client
-            .retry
-            .run(|| {
-                let mut c = p.clone();
-                let r = request.clone();
-                async move { c.lookup_subjects(r).await.map(tonic::Response::into_inner) }
-            })
-            .await?;
-        Ok((r.subjects, r.next_page_token))
-    }
+/// One page of `$rpc` answers `$items`.
+macro_rules! paged {
+    ($($req:ty => $rpc:ident -> $item:ty, $items:ident;)*) => {
+        $(impl PagedRequest for $req {
+            type Item = $item;
+            fn tenant(&self) -> &str {
+                &self.tenant
+            }
+            fn set_page_size(&mut self, n: u32) {
+                self.page_size = n;
+            }
+            fn set(&mut self, consistency: Option<pb::Consistency>, page_token: String) {
+                self.consistency = consistency;
+                self.page_token = page_token;
+            }
+            async fn page(client: &Client, request: Self) -> Result<(Vec<Self::Item>, String), Error> {
+                let p = &client.permission;
+                let r = client
+                    .retry
+                    .run(|| {
+                        let mut c = p.clone();
+                        let r = request.clone();
+                        async move { c.$rpc(r).await.map(tonic::Response::into_inner) }
+                    })
+                    .await?;
+                Ok((r.$items, r.next_page_token))
+            }
+        })*
+    };
 }
 
-impl PagedRequest for pb::GetEffectivePermissionsRequest {
-    type Item = pb::EffectiveStatement;
-    fn tenant(&self) -> &str {
-        &self.tenant
-    }
-    fn set_page_size(&mut self, n: u32) {
-        self.page_size = n;
-    }
-    fn set(&mut self, consistency: Option<pb::Consistency>, page_token: String) {
-        self.consistency = consistency;
-        self.page_token = page_token;
-    }
-    async fn page(client: &Client, request: Self) -> Result<(Vec<Self::Item>, String), Error> {
-        let p = &client.permission;
-        let r = client
-            .retry
-            .run(|| {
-                let mut c = p.clone();
-                let r = request.clone();
-                async move { c.get_effective_permissions(r).await.map(tonic::Response::into_inner) }
-            })
-            .await?;
-        Ok((r.statements, r.next_page_token))
-    }
+paged! {
+    pb::LookupSubjectsRequest => lookup_subjects -> pb::LookedUpSubject, subjects;
+    pb::GetEffectivePermissionsRequest => get_effective_permissions -> pb::EffectiveStatement, statements;
 }
 
 impl<'a, R: PagedRequest> Pages<'a, R> {

@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use portcullis_client::{Client, pb};
+use portcullis_client::pb;
 
 use super::{ClientArgs, connect};
 use crate::api::convert;
@@ -34,8 +34,9 @@ pub enum Format {
     Yaml,
 }
 
+/// Which objects: what `get` and `describe` both take.
 #[derive(Debug, Args)]
-pub struct GetArgs {
+pub struct Select {
     #[command(flatten)]
     pub client: ClientArgs,
     pub kind: Kind,
@@ -52,23 +53,20 @@ pub struct GetArgs {
     /// Bindings of this subject, or memberships of this member.
     #[arg(long)]
     pub subject: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub select: Select,
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: Format,
 }
 
-/// `describe` takes what `get` does, without `-o`.
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
     #[command(flatten)]
-    pub client: ClientArgs,
-    pub kind: Kind,
-    pub name: Option<String>,
-    #[arg(long)]
-    pub tenant: Option<String>,
-    #[arg(long, default_value = "")]
-    pub vault: String,
-    #[arg(long)]
-    pub subject: Option<String>,
+    pub select: Select,
 }
 
 /// The objects a `get` read.
@@ -80,27 +78,21 @@ enum Objects {
     Memberships(Vec<pb::Membership>),
 }
 
-struct Query<'a> {
-    kind: Kind,
-    name: Option<&'a str>,
-    tenant: Option<&'a str>,
-    vault: &'a str,
-    subject: Option<&'a str>,
-}
-
-fn tenant_of<'a>(q: &Query<'a>) -> Result<&'a str> {
+fn tenant_of(q: &Select) -> Result<&str> {
     q.tenant
+        .as_deref()
         .with_context(|| format!("`{:?}` needs --tenant", q.kind).to_lowercase())
 }
 
-async fn fetch(c: &Client, q: &Query<'_>) -> Result<Objects> {
-    let vault = q.vault.to_string();
+async fn fetch(q: &Select) -> Result<Objects> {
+    let c = &connect(&q.client).await?;
+    let vault = q.vault.clone();
     Ok(match q.kind {
-        Kind::Tenants => Objects::Tenants(match q.name {
+        Kind::Tenants => Objects::Tenants(match q.name.as_deref() {
             Some(id) => vec![c.get_tenant(pb::GetTenantRequest { id: id.into() }).await?],
             None => {
                 c.list_all_tenants(pb::ListTenantsRequest {
-                    under: q.tenant.unwrap_or_default().into(),
+                    under: q.tenant.clone().unwrap_or_default(),
                     ..Default::default()
                 })
                 .await?
@@ -108,7 +100,7 @@ async fn fetch(c: &Client, q: &Query<'_>) -> Result<Objects> {
         }),
         Kind::Vaults => {
             let tenant = tenant_of(q)?.to_string();
-            Objects::Vaults(match q.name {
+            Objects::Vaults(match q.name.as_deref() {
                 Some(n) => vec![c.get_vault(pb::GetVaultRequest { tenant, name: n.into() }).await?],
                 None => {
                     c.list_all_vaults(pb::ListVaultsRequest {
@@ -121,7 +113,7 @@ async fn fetch(c: &Client, q: &Query<'_>) -> Result<Objects> {
         }
         Kind::Roles => {
             let tenant = tenant_of(q)?.to_string();
-            Objects::Roles(match q.name {
+            Objects::Roles(match q.name.as_deref() {
                 Some(n) => vec![
                     c.get_role(pb::GetRoleRequest {
                         tenant,
@@ -145,18 +137,14 @@ async fn fetch(c: &Client, q: &Query<'_>) -> Result<Objects> {
                 .list_all_bindings(pb::ListBindingsRequest {
                     tenant: tenant_of(q)?.into(),
                     vault,
-                    subject: q.subject.unwrap_or_default().into(),
+                    subject: q.subject.clone().unwrap_or_default(),
                     ..Default::default()
                 })
                 .await?;
-            if let Some(id) = q.name {
-                all.retain(|b| b.id == id);
+            if let Some(id) = &q.name {
+                all.retain(|b| b.id == *id);
                 if all.is_empty() {
-                    bail!(
-                        "no binding {id:?} in {}{}",
-                        q.tenant.unwrap_or_default(),
-                        vault_suffix(q.vault)
-                    );
+                    bail!("no binding {id:?} in {}{}", tenant_of(q)?, vault_suffix(&q.vault));
                 }
             }
             Objects::Bindings(all)
@@ -165,8 +153,8 @@ async fn fetch(c: &Client, q: &Query<'_>) -> Result<Objects> {
             c.list_all_memberships(pb::ListMembershipsRequest {
                 tenant: tenant_of(q)?.into(),
                 vault,
-                group: q.name.unwrap_or_default().into(),
-                member: q.subject.unwrap_or_default().into(),
+                group: q.name.clone().unwrap_or_default(),
+                member: q.subject.clone().unwrap_or_default(),
                 ..Default::default()
             })
             .await?,
@@ -179,29 +167,13 @@ fn vault_suffix(v: &str) -> String {
 }
 
 pub async fn get(a: GetArgs) -> Result<()> {
-    let c = connect(&a.client).await?;
-    let q = Query {
-        kind: a.kind,
-        name: a.name.as_deref(),
-        tenant: a.tenant.as_deref(),
-        vault: &a.vault,
-        subject: a.subject.as_deref(),
-    };
-    let objects = fetch(&c, &q).await?;
-    print!("{}", render(&objects, a.output, a.name.is_some())?);
+    let objects = fetch(&a.select).await?;
+    print!("{}", render(&objects, a.output, a.select.name.is_some())?);
     Ok(())
 }
 
-pub async fn describe(g: DescribeArgs) -> Result<()> {
-    let c = connect(&g.client).await?;
-    let q = Query {
-        kind: g.kind,
-        name: g.name.as_deref(),
-        tenant: g.tenant.as_deref(),
-        vault: &g.vault,
-        subject: g.subject.as_deref(),
-    };
-    print!("{}", describe_text(&fetch(&c, &q).await?));
+pub async fn describe(a: DescribeArgs) -> Result<()> {
+    print!("{}", describe_text(&fetch(&a.select).await?));
     Ok(())
 }
 
