@@ -531,19 +531,19 @@ pub fn reason_to(r: crate::engine::Reason) -> i32 {
 /// report it.
 pub fn effective_to(e: &crate::engine::EffectiveStatement) -> pb::EffectiveStatement {
     let (bt, bv) = scope_strings(&Scope {
-        tenant: e.binding.tenant.clone(),
-        vault: e.binding.vault.clone(),
+        tenant: e.binding().tenant.clone(),
+        vault: e.binding().vault.clone(),
     });
     let (dt, dv) = scope_strings(&e.defined_in);
     pb::EffectiveStatement {
         statement: Some(statement_to(&e.statement)),
-        binding_id: e.binding.id.clone(),
+        binding_id: e.binding().id.clone(),
         binding_tenant: bt,
         binding_vault: bv,
-        binding_scope: e.binding.scope.clone(),
-        binding_condition: e.binding.condition.clone().unwrap_or_default(),
-        not_before: e.binding.not_before.map(ts_to),
-        expires_at: e.binding.expires_at.map(ts_to),
+        binding_scope: e.binding().scope.clone(),
+        binding_condition: e.binding().condition.clone().unwrap_or_default(),
+        not_before: e.binding().not_before.map(ts_to),
+        expires_at: e.binding().expires_at.map(ts_to),
         principal: e.principal.clone(),
         group_path: e.group_path.clone(),
         role: e
@@ -555,6 +555,6 @@ pub fn effective_to(e: &crate::engine::EffectiveStatement) -> pb::EffectiveState
         defined_tenant: dt,
         defined_vault: dv,
         active: e.active,
-        source: source_to(e.binding.source),
+        source: source_to(e.binding().source),
     }
 }

@@ -19,12 +19,11 @@ use arc_swap::ArcSwap;
 use hashbrown::{HashMap, HashSet};
 
 use super::compiled::{
-    CompiledBinding, CompiledGrant, CompiledRole, CompiledStatement, ConditionCache, StatementOrigin, StatementSet,
-    compile_statement,
+    CompiledBinding, CompiledGrant, CompiledRole, CompiledStatement, ConditionCache, PatternCache, StatementOrigin,
+    StatementSet, compile_statement,
 };
 use super::ids::{RoleName, Subject, TenantId, VaultName};
 use super::model::*;
-use super::pattern::PatternSet;
 use super::view::{BindingRef, GroupEdge, ShardMap, SubjectData, VaultView};
 
 #[derive(Clone)]
@@ -33,18 +32,125 @@ pub(crate) struct RoleEntry {
     pub statements: Vec<Arc<CompiledStatement>>,
 }
 
+/// A scope's bindings by id. The id is read from each binding rather than
+/// kept as a second copy for a key: a million bindings, a million strings
+/// fewer.
+#[derive(Default, Clone)]
+pub(crate) struct BindingsById(hashbrown::HashTable<Arc<CompiledBinding>>);
+
+fn id_hash(id: &str) -> u64 {
+    super::compiled::hash_str(id)
+}
+
+impl BindingsById {
+    pub fn get(&self, id: &str) -> Option<&Arc<CompiledBinding>> {
+        self.0.find(id_hash(id), |b| b.source.id == id)
+    }
+
+    /// Adds `b`, replacing the binding with its id.
+    pub fn insert(&mut self, b: Arc<CompiledBinding>) {
+        let h = id_hash(&b.source.id);
+        match self
+            .0
+            .entry(h, |x| x.source.id == b.source.id, |x| id_hash(&x.source.id))
+        {
+            hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = b,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(b);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<Arc<CompiledBinding>> {
+        match self.0.find_entry(id_hash(id), |b| b.source.id == id) {
+            Ok(o) => Some(o.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    /// (id, binding) pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<CompiledBinding>)> {
+        self.0.iter().map(|b| (b.source.id.as_str(), b))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The groups one member belongs to directly, sorted: a member is in few
+/// groups, and a `BTreeSet`'s first node alone is about 200 bytes, which a
+/// hundred thousand members would each pay.
+#[derive(Default, Clone, Debug)]
+pub(crate) struct Groups(Vec<Subject>);
+
+impl Groups {
+    /// Adds `g`; false when it was there.
+    pub fn insert(&mut self, g: Subject) -> bool {
+        match self.0.binary_search(&g) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.insert(i, g);
+                true
+            }
+        }
+    }
+
+    pub fn remove(&mut self, g: &Subject) -> bool {
+        match self.0.binary_search(g) {
+            Ok(i) => {
+                self.0.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn contains(&self, g: &Subject) -> bool {
+        self.0.binary_search(g).is_ok()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Subject> {
+        self.0.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a Groups {
+    type Item = &'a Subject;
+    type IntoIter = std::slice::Iter<'a, Subject>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 #[derive(Default, Clone)]
 pub(crate) struct ScopeData {
     pub roles: HashMap<RoleName, RoleEntry>,
-    pub bindings: HashMap<String, Arc<CompiledBinding>>,
+    pub bindings: BindingsById,
     pub by_subject: HashMap<Subject, Vec<Arc<CompiledBinding>>>,
     /// member → the groups it belongs to directly.
-    pub member_of: HashMap<Subject, BTreeSet<Subject>>,
+    pub member_of: HashMap<Subject, Groups>,
     /// group → its direct members.
     pub members: HashMap<Subject, BTreeSet<Subject>>,
 }
 
 impl ScopeData {
+    /// `s` as this scope already holds it (one allocation per subject, not
+    /// one per record naming it).
+    fn shared(&self, s: &Subject) -> Subject {
+        self.by_subject
+            .get_key_value(s)
+            .map(|(k, _)| k)
+            .or_else(|| self.member_of.get_key_value(s).map(|(k, _)| k))
+            .or_else(|| self.members.get_key_value(s).map(|(k, _)| k))
+            .unwrap_or(s)
+            .clone()
+    }
+
     fn is_empty(&self) -> bool {
         self.roles.is_empty() && self.bindings.is_empty() && self.member_of.is_empty()
     }
@@ -126,6 +232,7 @@ pub(crate) struct Catalog {
     pub vaults: HashMap<VaultKey, VaultNode>,
     slots: Slots,
     conditions: ConditionCache,
+    patterns: PatternCache,
 }
 
 fn vault_key(t: &TenantId, v: &VaultName) -> VaultKey {
@@ -200,7 +307,7 @@ impl Catalog {
     }
 
     /// The compiled bindings of `scope`, by id.
-    pub fn bindings_in(&self, scope: &Scope) -> Option<&HashMap<String, Arc<CompiledBinding>>> {
+    pub fn bindings_in(&self, scope: &Scope) -> Option<&BindingsById> {
         self.scopes.get(scope).map(|d| &d.bindings)
     }
 
@@ -214,7 +321,27 @@ impl Catalog {
         for c in changes {
             self.apply_one(c, &mut d);
         }
+        self.trim(&d);
         self.rebuild(d)
+    }
+
+    /// A subject's lists grow by doubling while a batch adds to them; once
+    /// the batch is done they are trimmed to size (their view entries are
+    /// rebuilt from them anyway, so this adds no order of cost).
+    fn trim(&mut self, d: &Dirty) {
+        for (scope, subjects) in &d.subjects {
+            let Some(data) = self.scopes.get_mut(scope) else {
+                continue;
+            };
+            for s in subjects {
+                if let Some(v) = data.by_subject.get_mut(s) {
+                    v.shrink_to_fit();
+                }
+                if let Some(g) = data.member_of.get_mut(s) {
+                    g.0.shrink_to_fit();
+                }
+            }
+        }
     }
 
     fn apply_one(&mut self, c: &Change, d: &mut Dirty) {
@@ -329,13 +456,15 @@ impl Catalog {
                 }
             }
             Change::PutBinding(b) => {
-                let scope = binding_scope(b);
-                self.remove_binding(&scope, &b.id, d);
+                self.remove_binding(&binding_scope(b), &b.id, d);
+                let b = self.interned(b);
+                let scope = binding_scope(&b);
+                let subject = b.subject.clone();
                 let compiled = Arc::new(self.compile_binding(b, &scope, d));
                 let data = self.scopes.entry(scope.clone()).or_default();
-                data.bindings.insert(b.id.clone(), compiled.clone());
-                data.by_subject.entry(b.subject.clone()).or_default().push(compiled);
-                d.subject(&scope, &b.subject);
+                data.bindings.insert(compiled.clone());
+                data.by_subject.entry(subject.clone()).or_default().push(compiled);
+                d.subject(&scope, &subject);
             }
             Change::DeleteBinding { scope, id } => {
                 self.remove_binding(scope, id, d);
@@ -347,17 +476,10 @@ impl Catalog {
                     vault: m.vault.clone(),
                 };
                 let data = self.scopes.entry(scope.clone()).or_default();
-                if data
-                    .member_of
-                    .entry(m.member.clone())
-                    .or_default()
-                    .insert(m.group.clone())
-                {
-                    data.members
-                        .entry(m.group.clone())
-                        .or_default()
-                        .insert(m.member.clone());
-                    d.subject(&scope, &m.member);
+                let (member, group) = (data.shared(&m.member), data.shared(&m.group));
+                if data.member_of.entry(member.clone()).or_default().insert(group.clone()) {
+                    data.members.entry(group).or_default().insert(member.clone());
+                    d.subject(&scope, &member);
                 }
             }
             Change::DeleteMembership(m) => {
@@ -450,10 +572,31 @@ impl Catalog {
         }
     }
 
-    fn compile_binding(&mut self, b: &Binding, scope: &Scope, d: &mut Dirty) -> CompiledBinding {
+    /// `b` sharing the strings the catalog already holds: its scope's
+    /// tenant and vault, its subject's, its role name's. Each binding
+    /// would otherwise carry its own copy of each, parsed from its record.
+    fn interned(&self, b: &Binding) -> Binding {
+        let mut b = b.clone();
+        let scope = binding_scope(&b);
+        if let Some((k, data)) = self.scopes.get_key_value(&scope) {
+            b.tenant = k.tenant.clone();
+            b.vault = k.vault.clone();
+            b.subject = data.shared(&b.subject);
+        } else if let Some((t, _)) = self.tenants.get_key_value(&b.tenant) {
+            b.tenant = t.clone();
+        }
+        if let Grant::Role(name) = &mut b.grant
+            && let Some(((_, n), _)) = self.slots.by_ref.get_key_value(&(scope, name.clone()))
+        {
+            *name = n.clone();
+        }
+        b
+    }
+
+    fn compile_binding(&mut self, b: Binding, scope: &Scope, d: &mut Dirty) -> CompiledBinding {
         let grant = match &b.grant {
             Grant::Role(name) => CompiledGrant::Role(self.acquire_slot(scope, name, d)),
-            Grant::Statements(stmts) => CompiledGrant::Inline(StatementSet::new(
+            Grant::Statements(stmts) => CompiledGrant::Inline(Box::new(StatementSet::new(
                 stmts
                     .iter()
                     .enumerate()
@@ -466,16 +609,13 @@ impl Catalog {
                         Arc::new(compile_statement(s, origin, &mut self.conditions))
                     })
                     .collect(),
-            )),
+            ))),
         };
         CompiledBinding {
-            source: Arc::new(b.clone()),
-            scope: scope.clone(),
-            resources: PatternSet::compile(&b.scope, true),
-            condition: b.condition.as_deref().map(|c| self.conditions.get(c)),
-            not_before: b.not_before.map_or(i64::MIN, |t| t.0),
-            expires_at: b.expires_at.map_or(i64::MAX, |t| t.0),
+            resources: self.patterns.get(&b.scope),
+            condition: b.condition.as_deref().map(|c| Box::new(self.conditions.get(c))),
             grant,
+            source: b,
         }
     }
 

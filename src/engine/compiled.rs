@@ -145,24 +145,38 @@ pub enum CompiledGrant {
     /// An index into the view's role table, so a role change does not touch
     /// the bindings that use it.
     Role(u32),
-    Inline(StatementSet),
+    /// Boxed: most bindings name a role, and this keeps every binding small.
+    Inline(Box<StatementSet>),
 }
 
 #[derive(Debug)]
 pub struct CompiledBinding {
-    pub source: Arc<Binding>,
-    pub scope: Scope,
-    pub resources: PatternSet,
-    pub condition: Option<CompiledCondition>,
-    pub not_before: i64,
-    pub expires_at: i64,
+    /// The binding as stored, in the same allocation: a million bindings
+    /// are a million fewer allocations and pointers.
+    pub source: Binding,
+    /// Shared by every binding with the same scope ([`PatternCache`]):
+    /// bindings over one folder share one compiled set.
+    pub resources: Arc<PatternSet>,
+    /// Boxed: one binding in twenty has a condition, and every binding
+    /// would pay for the unboxed 24 bytes.
+    pub condition: Option<Box<CompiledCondition>>,
     pub grant: CompiledGrant,
 }
 
 impl CompiledBinding {
+    /// Where the binding is defined (from its source, not kept twice).
+    pub fn scope(&self) -> Scope {
+        Scope {
+            tenant: self.source.tenant.clone(),
+            vault: self.source.vault.clone(),
+        }
+    }
+
     #[inline]
     pub fn active_at(&self, now: Timestamp) -> bool {
-        self.not_before <= now.0 && now.0 < self.expires_at
+        // Read from the source: the check path asks only for the few
+        // bindings its prefilter flags as having a window.
+        self.source.not_before.is_none_or(|t| t.0 <= now.0) && self.source.expires_at.is_none_or(|t| now.0 < t.0)
     }
 }
 
@@ -194,6 +208,30 @@ impl ConditionCache {
     }
 }
 
+/// Compiles each distinct binding scope (a list of resource patterns) once
+/// and shares it; weak references, as in [`ConditionCache`], so scopes no
+/// binding uses any more are freed.
+#[derive(Default)]
+pub struct PatternCache {
+    map: HashMap<Vec<String>, Weak<PatternSet>>,
+    high_water: usize,
+}
+
+impl PatternCache {
+    pub fn get(&mut self, patterns: &[String]) -> Arc<PatternSet> {
+        if let Some(p) = self.map.get(patterns).and_then(Weak::upgrade) {
+            return p;
+        }
+        let p = Arc::new(PatternSet::compile(patterns, true));
+        if self.map.len() >= self.high_water.max(1024) {
+            self.map.retain(|_, w| w.strong_count() > 0);
+            self.high_water = self.map.len() * 2;
+        }
+        self.map.insert(patterns.to_vec(), Arc::downgrade(&p));
+        p
+    }
+}
+
 impl CompiledStatement {
     /// Where the statement is written: its role's scope, or for an inline
     /// statement the scope of binding `b` that holds it.
@@ -202,7 +240,7 @@ impl CompiledStatement {
             .role
             .as_ref()
             .map(|r| r.scope.clone())
-            .unwrap_or_else(|| b.scope.clone())
+            .unwrap_or_else(|| b.scope())
     }
 }
 

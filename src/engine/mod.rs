@@ -326,8 +326,8 @@ impl Engine {
             for (name, e) in &data.roles {
                 out.roles.insert(name.to_string(), (*e.role).clone());
             }
-            for (id, b) in &data.bindings {
-                out.bindings.insert(id.clone(), (*b.source).clone());
+            for (id, b) in data.bindings.iter() {
+                out.bindings.insert(id.to_string(), b.source.clone());
             }
             for (member, groups) in &data.member_of {
                 for g in groups {

@@ -231,10 +231,20 @@ impl Prefilter {
 }
 
 /// Any-of a list of patterns, sorted by shape.
+///
+/// 32 bytes: every binding holds one for its scope, and almost all of
+/// those are one prefix or one exact resource, so the literals are a boxed
+/// slice and the rare shapes (many exact resources, globs) sit behind one
+/// pointer.
 #[derive(Debug, Clone, Default)]
 pub struct PatternSet {
     any: bool,
-    lits: Vec<Lit>,
+    lits: Box<[Lit]>,
+    rare: Option<Box<Rare>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Rare {
     exact_big: Option<HashSet<Box<str>, foldhash::fast::FixedState>>,
     globs: Vec<Box<str>>,
 }
@@ -244,37 +254,44 @@ const SMALL: usize = 8;
 impl PatternSet {
     /// Compiles `patterns`; an empty list means `*` when `empty_is_any`.
     pub fn compile<S: AsRef<str>>(patterns: &[S], empty_is_any: bool) -> PatternSet {
-        let mut set = PatternSet::default();
         if patterns.is_empty() {
-            set.any = empty_is_any;
-            return set;
-        }
-        let mut exact = Vec::new();
-        let mut prefixes = Vec::new();
-        for p in patterns {
-            match Pattern::compile(p.as_ref()) {
-                Pattern::Any => set.any = true,
-                Pattern::Exact(s) => exact.push(s),
-                Pattern::Prefix(s) => prefixes.push(s),
-                Pattern::Glob(s) => set.globs.push(s),
-            }
-        }
-        if set.any {
             return PatternSet {
-                any: true,
+                any: empty_is_any,
                 ..Default::default()
             };
         }
+        let mut exact = Vec::new();
+        let mut prefixes = Vec::new();
+        let mut globs = Vec::new();
+        for p in patterns {
+            match Pattern::compile(p.as_ref()) {
+                Pattern::Any => {
+                    return PatternSet {
+                        any: true,
+                        ..Default::default()
+                    };
+                }
+                Pattern::Exact(s) => exact.push(s),
+                Pattern::Prefix(s) => prefixes.push(s),
+                Pattern::Glob(s) => globs.push(s),
+            }
+        }
+        let mut lits = Vec::new();
+        let mut rare = Rare { exact_big: None, globs };
         if exact.len() > SMALL {
-            set.exact_big = Some(exact.into_iter().collect());
+            rare.exact_big = Some(exact.into_iter().collect());
         } else {
-            set.lits.extend(exact.into_iter().map(|e| Lit::new(e, false)));
+            lits.extend(exact.into_iter().map(|e| Lit::new(e, false)));
         }
         // Shorter prefixes first: they are the likelier and cheaper hits.
         prefixes.sort_by_key(|p| p.len());
         prefixes.dedup();
-        set.lits.extend(prefixes.into_iter().map(|p| Lit::new(p, true)));
-        set
+        lits.extend(prefixes.into_iter().map(|p| Lit::new(p, true)));
+        PatternSet {
+            any: false,
+            lits: lits.into(),
+            rare: (rare.exact_big.is_some() || !rare.globs.is_empty()).then(|| Box::new(rare)),
+        }
     }
 
     #[inline]
@@ -286,12 +303,13 @@ impl PatternSet {
         if self.lits.iter().any(|l| l.matches(b)) {
             return true;
         }
-        if let Some(big) = &self.exact_big
-            && big.contains(input)
-        {
-            return true;
+        match &self.rare {
+            None => false,
+            Some(r) => {
+                r.exact_big.as_ref().is_some_and(|big| big.contains(input))
+                    || r.globs.iter().any(|g| glob_match(g.as_bytes(), b))
+            }
         }
-        self.globs.iter().any(|g| glob_match(g.as_bytes(), b))
     }
 
     pub fn is_any(&self) -> bool {
@@ -304,7 +322,7 @@ impl PatternSet {
         if self.any {
             return Prefilter::ANY;
         }
-        if self.exact_big.is_some() || !self.globs.is_empty() || self.lits.is_empty() || self.lits.len() > 2 {
+        if self.rare.is_some() || self.lits.is_empty() || self.lits.len() > 2 {
             return Prefilter::COMPLEX;
         }
         let key = |l: &Lit| (l.tail, l.text.len() as u32 | if l.prefix { PREFIX_BIT } else { 0 });
@@ -314,10 +332,7 @@ impl PatternSet {
     }
 
     pub fn is_empty(&self) -> bool {
-        !self.any
-            && self.lits.is_empty()
-            && self.exact_big.as_ref().is_none_or(|b| b.is_empty())
-            && self.globs.is_empty()
+        !self.any && self.lits.is_empty() && self.rare.is_none()
     }
 
     /// The patterns, written back out (order: `*`, exact, prefixes, globs).
@@ -331,13 +346,13 @@ impl PatternSet {
             .filter(|l| !l.prefix)
             .map(|l| l.text.to_string())
             .collect();
-        if let Some(big) = &self.exact_big {
+        if let Some(big) = self.rare.as_ref().and_then(|r| r.exact_big.as_ref()) {
             let mut b: Vec<String> = big.iter().map(|s| s.to_string()).collect();
             b.sort();
             out.extend(b);
         }
         out.extend(self.lits.iter().filter(|l| l.prefix).map(|l| format!("{}*", l.text)));
-        out.extend(self.globs.iter().map(|g| g.to_string()));
+        out.extend(self.rare.iter().flat_map(|r| r.globs.iter().map(|g| g.to_string())));
         out
     }
 }

@@ -38,7 +38,7 @@ fn same(a: &EffectiveStatement, b: &EffectiveStatement) -> bool {
         && a.role_path == b.role_path
         && a.defined_in == b.defined_in
         && a.statement == b.statement
-        && (std::sync::Arc::ptr_eq(&a.binding, &b.binding) || *a.binding == *b.binding)
+        && (std::ptr::eq(a.binding(), b.binding()) || a.binding() == b.binding())
 }
 
 /// The statements of `xs` that `ys` does not hold. Bucketed by binding,
@@ -49,14 +49,14 @@ fn missing_from(xs: &[EffectiveStatement], ys: &[EffectiveStatement]) -> Vec<Eff
     let mut buckets: std::collections::HashMap<(&str, u32, &str), Vec<&EffectiveStatement>> = Default::default();
     for y in ys {
         buckets
-            .entry((y.binding.id.as_str(), y.index, y.principal.as_str()))
+            .entry((y.binding().id.as_str(), y.index, y.principal.as_str()))
             .or_default()
             .push(y);
     }
     xs.iter()
         .filter(|x| {
             !buckets
-                .get(&(x.binding.id.as_str(), x.index, x.principal.as_str()))
+                .get(&(x.binding().id.as_str(), x.index, x.principal.as_str()))
                 .is_some_and(|c| c.iter().any(|y| same(x, y)))
         })
         .cloned()
@@ -92,7 +92,7 @@ impl Engine {
     /// The stored binding `id` of `scope`, if the engine holds it.
     pub fn binding_record(&self, scope: &Scope, id: &str) -> Option<Binding> {
         let cat = self.catalog();
-        cat.scopes.get(scope)?.bindings.get(id).map(|b| (*b.source).clone())
+        cat.scopes.get(scope)?.bindings.get(id).map(|b| b.source.clone())
     }
 
     /// Whether `member` is a direct member of `group` in `scope`.
@@ -273,8 +273,8 @@ fn reach(before: &Engine, after: &Engine, changes: &[Change], t: &TenantId, v: &
         for s in &scopes {
             let Some(olds) = bc.bindings_in(s) else { continue };
             let news = ac.bindings_in(s);
-            for (id, old) in olds {
-                let key = (s.tenant.clone(), s.vault.clone(), id.clone());
+            for (id, old) in olds.iter() {
+                let key = (s.tenant.clone(), s.vault.clone(), id.to_string());
                 if bindings.contains(&key) {
                     continue;
                 }

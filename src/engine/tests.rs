@@ -1060,9 +1060,9 @@ proptest! {
         let key = |s: &EffectiveStatement| {
             (
                 s.principal.clone(),
-                s.binding.id.clone(),
-                s.binding.tenant.to_string(),
-                format!("{:?} {} {:?} {:?}", s.binding.vault, s.index, s.role_path, s.statement),
+                s.binding().id.clone(),
+                s.binding().tenant.to_string(),
+                format!("{:?} {} {:?} {:?}", s.binding().vault, s.index, s.role_path, s.statement),
             )
         };
         for sub in SUBJECTS {

@@ -61,7 +61,7 @@ pub struct BindingRef {
 impl BindingRef {
     pub fn new(b: &Arc<CompiledBinding>) -> BindingRef {
         let mut scope = b.resources.prefilter();
-        if b.not_before != i64::MIN || b.expires_at != i64::MAX {
+        if b.source.not_before.is_some() || b.source.expires_at.is_some() {
             scope = scope.with_flag();
         }
         BindingRef {
@@ -431,7 +431,7 @@ impl VaultView {
     }
 
     /// Evaluates a condition; the error text is kept only when explaining.
-    fn eval_condition(mode: &Mode<'_>, c: &Option<CompiledCondition>, err: Option<&mut Option<String>>) -> Tri {
+    fn eval_condition(mode: &Mode<'_>, c: Option<&CompiledCondition>, err: Option<&mut Option<String>>) -> Tri {
         match c {
             None => Tri::True,
             Some(Err(msg)) => {
@@ -539,13 +539,14 @@ impl VaultView {
                 if !s.resources.matches(resource) {
                     continue;
                 }
-                let bc = *bcond
-                    .get_or_insert_with(|| Self::eval_condition(mode, &b.condition, explain.then_some(&mut berr)));
+                let bc = *bcond.get_or_insert_with(|| {
+                    Self::eval_condition(mode, b.condition.as_deref(), explain.then_some(&mut berr))
+                });
                 if bc == Tri::False {
                     break;
                 }
                 let mut serr = None;
-                let sc = Self::eval_condition(mode, &s.condition, explain.then_some(&mut serr));
+                let sc = Self::eval_condition(mode, s.condition.as_ref(), explain.then_some(&mut serr));
                 if sc == Tri::False {
                     continue;
                 }
@@ -577,7 +578,7 @@ impl VaultView {
                     let role_path = role.map(|r| r.path(i as usize)).unwrap_or_default();
                     tally.entries.push(ExplainEntry {
                         binding_id: b.source.id.clone(),
-                        binding_scope: b.scope.clone(),
+                        binding_scope: b.scope(),
                         principal: p.name.to_string(),
                         group_path: Self::group_path(ps, pi),
                         role: role.and_then(|r| r.key.clone()),

@@ -43,7 +43,7 @@ impl VaultView {
                 for &i in &m {
                     let s = &set.statements[i as usize];
                     let mut conditions = Vec::new();
-                    for c in [&b.condition, &s.condition].into_iter().flatten() {
+                    for c in [b.condition.as_deref(), s.condition.as_ref()].into_iter().flatten() {
                         conditions.push(match c {
                             Ok(c) => c.source().to_string(),
                             Err(e) => e.to_string(),
@@ -213,7 +213,7 @@ impl VaultView {
         let mut order: Vec<usize> = (0..ps.len()).filter(|&i| ps[i].data.is_some()).collect();
         order.sort_unstable_by_key(|&i| ps[i].name);
         let mut out = Vec::new();
-        let mut entries: Vec<(EffectiveKey<'_>, &CompiledBinding)> = Vec::new();
+        let mut entries: Vec<(EffectiveKey<'_>, &Arc<CompiledBinding>)> = Vec::new();
         for pi in order {
             let p = &ps[pi];
             let cursor = match after {
@@ -226,7 +226,7 @@ impl VaultView {
             entries.extend(
                 data.bindings
                     .iter()
-                    .map(|br| (EffectiveKey::of(&br.binding), &*br.binding))
+                    .map(|br| (EffectiveKey::of(&br.binding), &br.binding))
                     .filter(|(k, _)| cursor.is_none_or(|c| *k >= c.key()))
                     // Only bindings that list something (a binding to a
                     // missing role lists nothing), so `room` of them fill
@@ -277,7 +277,7 @@ impl VaultView {
         &self,
         principal: &str,
         group_path: &[String],
-        b: &CompiledBinding,
+        b: &Arc<CompiledBinding>,
         now: Timestamp,
         skip: usize,
         max: usize,
@@ -290,7 +290,7 @@ impl VaultView {
         for (i, s) in set.statements.iter().enumerate().skip(skip).take(max) {
             out.push(EffectiveStatement {
                 statement: s.source.clone(),
-                binding: b.source.clone(),
+                compiled: b.clone(),
                 principal: principal.to_string(),
                 group_path: group_path.to_vec(),
                 role: role.and_then(|r| r.key.clone()),
@@ -411,8 +411,8 @@ impl ResourceRule {
     pub fn binding_id(&self) -> &str {
         &self.binding.source.id
     }
-    pub fn binding_scope(&self) -> &Scope {
-        &self.binding.scope
+    pub fn binding_scope(&self) -> Scope {
+        self.binding.scope()
     }
     pub fn sid(&self) -> Option<&str> {
         self.statement.origin.sid.as_deref()
@@ -464,7 +464,7 @@ impl ResourceFilter {
 #[derive(Debug, Clone)]
 pub struct EffectiveStatement {
     pub statement: Arc<crate::engine::model::Statement>,
-    pub binding: Arc<crate::engine::model::Binding>,
+    compiled: Arc<CompiledBinding>,
     pub principal: String,
     pub group_path: Vec<String>,
     pub role: Option<RoleKey>,
@@ -473,6 +473,13 @@ pub struct EffectiveStatement {
     pub defined_in: Scope,
     /// Whether the binding is within its validity window now.
     pub active: bool,
+}
+
+impl EffectiveStatement {
+    /// The binding that grants the statement.
+    pub fn binding(&self) -> &crate::engine::model::Binding {
+        &self.compiled.source
+    }
 }
 
 /// A principal's share of a partial tally (deny certain, deny possible,
