@@ -160,17 +160,8 @@ impl Client {
         {
             return Ok(d);
         }
-        let permission = &self.permission;
         let d = self
-            .retry
-            .run(|| {
-                let mut c = permission.clone();
-                let mut r = tonic::Request::new(request.clone());
-                if let Some(t) = timeout {
-                    r.set_timeout(t);
-                }
-                async move { c.check_permission(r).await.map(tonic::Response::into_inner) }
-            })
+            .permission_call(&request, timeout, |mut c, r| async move { c.check_permission(r).await })
             .await
             .map(Decision::from_pb)?;
         if let (Some(c), Some(k)) = (cache, key) {

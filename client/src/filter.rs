@@ -192,14 +192,8 @@ impl<'a> IntoFuture for LookupResources<'a> {
         } = self;
         Box::pin(async move {
             request.consistency = consistency.to_pb(consistency.floor(client, &request.tenant));
-            let permission = &client.permission;
             client
-                .retry
-                .run(|| {
-                    let mut c = permission.clone();
-                    let r = request.clone();
-                    async move { c.lookup_resources(r).await.map(tonic::Response::into_inner) }
-                })
+                .permission_call(&request, None, |mut c, r| async move { c.lookup_resources(r).await })
                 .await
                 .map(ResourceFilter::from_pb)
         })

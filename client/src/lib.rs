@@ -149,6 +149,32 @@ unary! {
 }
 
 impl Client {
+    /// One PermissionService call under the retry policy, each attempt on
+    /// its own clone of `request` (and with `timeout` as its deadline): the
+    /// typed checks and lookups share it.
+    pub(crate) async fn permission_call<Q, T, F, Fut>(
+        &self,
+        request: &Q,
+        timeout: Option<std::time::Duration>,
+        call: F,
+    ) -> Result<T, Error>
+    where
+        Q: Clone,
+        F: Fn(PermissionServiceClient<Authed>, tonic::Request<Q>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.retry
+            .run(|| {
+                let mut r = tonic::Request::new(request.clone());
+                if let Some(t) = timeout {
+                    r.set_timeout(t);
+                }
+                let fut = call(self.permission.clone(), r);
+                async move { fut.await.map(tonic::Response::into_inner) }
+            })
+            .await
+    }
+
     fn new(channel: tonic::transport::Channel, bearer: Bearer, retry: RetryPolicy) -> Client {
         let authed = || tonic::service::interceptor::InterceptedService::new(channel.clone(), bearer.clone());
         Client {

@@ -87,14 +87,8 @@ macro_rules! paged {
                 self.page_token = page_token;
             }
             async fn page(client: &Client, request: Self) -> Result<(Vec<Self::Item>, String), Error> {
-                let p = &client.permission;
                 let r = client
-                    .retry
-                    .run(|| {
-                        let mut c = p.clone();
-                        let r = request.clone();
-                        async move { c.$rpc(r).await.map(tonic::Response::into_inner) }
-                    })
+                    .permission_call(&request, None, |mut c, r| async move { c.$rpc(r).await })
                     .await?;
                 Ok((r.$items, r.next_page_token))
             }

@@ -573,8 +573,9 @@ impl Catalog {
     }
 
     /// `b` sharing the strings the catalog already holds: its scope's
-    /// tenant and vault, its subject's, its role name's. Each binding
-    /// would otherwise carry its own copy of each, parsed from its record.
+    /// tenant and vault, and its subject's (the role name is shared where
+    /// its slot is acquired). Each binding would otherwise carry its own
+    /// copy of each, parsed from its record.
     fn interned(&self, b: &Binding) -> Binding {
         let mut b = b.clone();
         let scope = binding_scope(&b);
@@ -585,17 +586,19 @@ impl Catalog {
         } else if let Some((t, _)) = self.tenants.get_key_value(&b.tenant) {
             b.tenant = t.clone();
         }
-        if let Grant::Role(name) = &mut b.grant
-            && let Some(((_, n), _)) = self.slots.by_ref.get_key_value(&(scope, name.clone()))
-        {
-            *name = n.clone();
-        }
         b
     }
 
-    fn compile_binding(&mut self, b: Binding, scope: &Scope, d: &mut Dirty) -> CompiledBinding {
-        let grant = match &b.grant {
-            Grant::Role(name) => CompiledGrant::Role(self.acquire_slot(scope, name, d)),
+    fn compile_binding(&mut self, mut b: Binding, scope: &Scope, d: &mut Dirty) -> CompiledBinding {
+        let grant = match &mut b.grant {
+            Grant::Role(name) => {
+                let slot = self.acquire_slot(scope, name, d);
+                // The slot's copy of the name, found by the lookup above.
+                if let Some(Some(s)) = self.slots.entries.get(slot as usize) {
+                    *name = s.name.clone();
+                }
+                CompiledGrant::Role(slot)
+            }
             Grant::Statements(stmts) => CompiledGrant::Inline(Box::new(StatementSet::new(
                 stmts
                     .iter()
